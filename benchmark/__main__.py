@@ -1,0 +1,138 @@
+"""``python -m benchmark``: list, run, leaderboard (and later sweep).
+
+User mistakes (unknown names, bad parameters, missing files) print one line on stderr and exit 2, with no
+traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Sequence
+
+from benchmark.errors import UserError
+from benchmark.registry import BACKBONES, CODECS, METHODS, SUITES, RegistryError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other user error
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from benchmark.profiles import PROFILES
+
+    def show(title: str, plugins: list) -> None:
+        print(f"{title}:")
+        for p in plugins:
+            extra = ""
+            if p.kind == "method":
+                extra = f" [{'reference' if getattr(p.obj, 'reference', False) else p.obj.kind}]"
+            if p.kind == "backbone":
+                extra = f" [suites: {', '.join(p.meta.get('suites', ()))}; default {p.meta.get('default_suite')}]"
+            print(f"  {p.name}{extra}: {p.summary}")
+            if p.paper:
+                print(f"      paper: {p.paper}")
+            for prm in p.params:
+                print(f"      --set {prm.describe()}")
+        print()
+
+    want = args.what
+    if want in (None, "methods"):
+        show("methods", METHODS.plugins())
+    if want in (None, "backbones"):
+        show("backbones", BACKBONES.plugins())
+    if want in (None, "suites"):
+        show("suites", SUITES.plugins())
+    if want in (None, "codecs"):
+        show("codecs", CODECS.plugins())
+    if want in (None, "profiles"):
+        print("profiles:")
+        for name, text in PROFILES.items():
+            print(f"  {name}: {text}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from benchmark.runner import RunSpec, format_table, resolve, run
+
+    spec = RunSpec(
+        method=args.method,
+        backbone=args.backbone,
+        suite=args.suite,
+        profile=args.profile,
+        seed=args.seed,
+        overrides=_parse_sets(args.set or []),
+        results_dir=args.results_dir,
+        progress=not args.no_progress,
+    )
+    resolve(spec)  # fail fast on bad input, before loading anything
+    record, path = run(spec)
+    print(format_table(record))
+    print(f"record: {path}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from benchmark.leaderboard import write_leaderboard
+
+    out = write_leaderboard(args.results_dir, args.output)
+    print(f"leaderboard: {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m benchmark", description="merge-bench: model merging, accuracy against storage")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="{list,run,leaderboard}")
+    sub.required = True
+
+    pl = sub.add_parser("list", help="methods, backbones, suites, codecs and profiles with their parameters")
+    pl.add_argument("what", nargs="?", choices=["methods", "backbones", "suites", "codecs", "profiles"])
+    pl.set_defaults(func=cmd_list)
+
+    pr = sub.add_parser("run", help="run one method on one backbone's suite")
+    pr.add_argument("--method", required=True)
+    pr.add_argument("--backbone", required=True)
+    pr.add_argument("--suite", default=None, help="default: the backbone's default suite")
+    pr.add_argument("--profile", default="tiny", help="tiny (default) or paper")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--set", action="append", metavar="KEY=VALUE", help="a method parameter; repeatable")
+    pr.add_argument("--results-dir", default="results")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pr.set_defaults(func=cmd_run)
+
+    pb = sub.add_parser("leaderboard", help="regenerate leaderboard.md (and its plots) from the records")
+    pb.add_argument("--results-dir", default="results")
+    pb.add_argument("--output", default="leaderboard.md")
+    pb.set_defaults(func=cmd_leaderboard)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except RegistryError as e:  # UserError is one
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"error: file not found: {e.filename or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; no record was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

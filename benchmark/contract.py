@@ -1,0 +1,312 @@
+"""The contracts between the harness, methods, backbones and suites.
+
+Methods never import backbones and backbones never import methods: both import this module, and the runner
+(:mod:`benchmark.runner`) wires them together.
+
+Method contract (DESIGN.md, "The method contract")
+--------------------------------------------------
+``Method.merge(pool) -> Artifacts``: everything the method keeps besides the pretrained model, each artifact
+tagged with the codec that writes it. The runner writes the artifacts to a real file, reloads them and calls
+``Method.load(artifacts, pretrained, tasks)``, which rebuilds the merged model from the reloaded values only. So
+a lossy or buggy codec shows up in accuracy, and storage is the size of that file.
+
+``load`` returns one of three merged-model kinds:
+
+* :class:`StaticModel` -- one set of weights;
+* :class:`TaskConditionedModel` -- weights for a given task id;
+* :class:`RoutedModel` -- per-input mixing weights over the tasks, decided from f_ex features.
+
+All weights are *mergeable* tensors only (a dict ``name -> Tensor``); the adapter keeps everything else
+(per-task heads, buffers) and never merges it.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator, Mapping, Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+StateDict = dict[str, Tensor]
+
+__all__ = [
+    "StateDict",
+    "Artifact",
+    "Artifacts",
+    "ModelOps",
+    "Pool",
+    "Merged",
+    "StaticModel",
+    "TaskConditionedModel",
+    "RoutedModel",
+    "Method",
+    "TaskData",
+    "Suite",
+    "Backbone",
+    "Metric",
+    "task_vectors",
+]
+
+
+def task_vectors(pretrained: StateDict, finetuned: Mapping[str, StateDict]) -> dict[str, StateDict]:
+    """tau_k = theta_k - theta for every task (Sec. III-A)."""
+    return {t: {k: ft[k] - pretrained[k] for k in pretrained} for t, ft in finetuned.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Artifacts
+
+
+@dataclass
+class Artifact:
+    """One stored thing: a value and the codec (by registry name) that writes it."""
+
+    value: Any
+    codec: str = "tensor"
+    codec_params: dict[str, Any] = field(default_factory=dict)
+
+
+class Artifacts(dict):
+    """``name -> Artifact``, in insertion order. Names may use '/' to group (e.g. ``switch/mnist``)."""
+
+    def add(self, name: str, value: Any, codec: str = "tensor", **codec_params: Any) -> None:
+        if name in self:
+            raise ValueError(f"artifact {name!r} added twice")
+        self[name] = Artifact(value, codec, dict(codec_params))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What a method sees of the model and the data
+
+
+class ModelOps(Protocol):
+    """Data-dependent access to the backbone, handed to methods by the harness.
+
+    ``weights`` is always a dict of mergeable tensors; ``None`` means the pretrained weights. Calls are
+    differentiable with respect to ``weights`` (``torch.func.functional_call`` underneath), so methods can learn
+    coefficients or gates through them.
+    """
+
+    def exemplars(self, task: str, n: int, seed: int) -> Any:
+        """``n`` unlabeled inputs of ``task``'s train split (never the test split), seeded."""
+
+    def logits(self, task: str, weights: StateDict | None, inputs: Any) -> Tensor:
+        """The task head's outputs for ``inputs`` under ``weights``."""
+
+    def features(self, weights: StateDict | None, inputs: Any) -> Tensor:
+        """f_ex: the features before the task head, ``[B, e]`` (or ``[B, Q, e]`` for per-query detectors)."""
+
+    def linear_inputs(self, weights: StateDict | None, inputs: Any) -> dict[str, Tensor]:
+        """For every mergeable 2-D weight that acts as a linear map: its inputs, flattened to ``[N, d_in]``."""
+
+    def num_examples(self, inputs: Any) -> int:
+        """How many examples ``inputs`` holds."""
+
+    def slice(self, inputs: Any, index: Tensor | slice) -> Any:
+        """A sub-batch of ``inputs``."""
+
+
+@dataclass
+class Pool:
+    """What a method gets: the pretrained weights, the fine-tuned weights per task, data access, and a seed.
+
+    ``pretrained`` and ``finetuned[task]`` hold the mergeable tensors only, float32, with identical keys.
+    """
+
+    tasks: list[str]
+    pretrained: StateDict
+    finetuned: dict[str, StateDict]
+    ops: ModelOps | None = None
+    seed: int = 0
+
+    def task_vectors(self) -> dict[str, StateDict]:
+        return task_vectors(self.pretrained, {t: self.finetuned[t] for t in self.tasks})
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        """A seeded CPU generator, so every random choice a method makes is reproducible."""
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + salt)
+        return g
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Merged models
+
+
+class Merged(ABC):
+    kind: ClassVar[str]
+
+    def extra_metrics(self) -> dict[str, Any]:
+        """Method-specific figures for the record (routing accuracy, learned coefficients, ...)."""
+        return {}
+
+
+class StaticModel(Merged):
+    kind = "static"
+
+    def __init__(self, weights: StateDict):
+        self._weights = weights
+
+    def weights(self) -> StateDict:
+        return self._weights
+
+
+class TaskConditionedModel(Merged):
+    kind = "task_conditioned"
+
+    @abstractmethod
+    def weights(self, task: str) -> StateDict:
+        """The weights to use when the task id is ``task``."""
+
+
+class RoutedModel(Merged):
+    """Per-input merging. The runner computes f_ex under :meth:`routing_weights`, asks :meth:`route` for mixing
+    weights ``[B, K]`` (columns in ``tasks`` order), groups samples whose rows are equal and builds one set of
+    weights per group with :meth:`weights`."""
+
+    kind = "routed"
+
+    def routing_weights(self) -> StateDict | None:
+        """The weights f_ex runs under; ``None`` = the pretrained model (Auto-Switch's query model)."""
+        return None
+
+    @abstractmethod
+    def route(self, features: Tensor) -> Tensor:
+        """Mixing weights ``[B, K]`` for a batch of features."""
+
+    @abstractmethod
+    def weights(self, mix: Tensor) -> StateDict:
+        """The weights for one row of mixing weights ``[K]``."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Methods
+
+
+class Method(ABC):
+    """Base class of every merging method. Subclasses set ``kind`` and register with ``METHODS.register``.
+
+    ``kind`` is one of ``static``, ``task_conditioned``, ``routed``; reference rows (Pretrained, Individual) set
+    ``reference = True`` so the leaderboard can show them apart from the merging methods.
+    """
+
+    kind: ClassVar[str] = "static"
+    reference: ClassVar[bool] = False
+    plugin_name: ClassVar[str] = ""
+
+    def __init__(self, **params: Any):
+        self.params = params
+
+    @abstractmethod
+    def merge(self, pool: Pool) -> Artifacts:
+        """Compute what the method stores."""
+
+    @abstractmethod
+    def load(self, artifacts: Mapping[str, Any], pretrained: StateDict, tasks: Sequence[str]) -> Merged:
+        """Rebuild the merged model from reloaded artifact values and the pretrained weights alone."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Suites and metrics
+
+
+@dataclass
+class TaskData:
+    """One split of one task. ``inputs`` is whatever the backbone's preprocessing consumes (an image tensor
+    ``[N, 3, H, W]`` uint8, token ids, COCO-style detection samples...); ``targets`` matches it."""
+
+    inputs: Any
+    targets: Any
+    classes: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+class Metric(ABC):
+    """Streaming metric: feed batches, then read the score (in percent, as the papers report)."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def update(self, outputs: Any, targets: Any) -> None: ...
+
+    @abstractmethod
+    def compute(self) -> float: ...
+
+
+class Suite(ABC):
+    """A task suite. ``load`` returns one split (``train``, ``val`` or ``test``) of one task for a profile."""
+
+    plugin_name: ClassVar[str] = ""
+    modality: ClassVar[str] = "image"
+
+    def __init__(self, profile: str, seed: int = 0, cache: Any = None, progress: bool = True):
+        self.profile = profile
+        self.seed = seed
+        self.cache = cache
+        self.progress = progress
+
+    @property
+    @abstractmethod
+    def tasks(self) -> list[str]: ...
+
+    @abstractmethod
+    def load(self, task: str, split: str) -> TaskData: ...
+
+    @abstractmethod
+    def metric(self, task: str) -> Metric: ...
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backbones
+
+
+class Backbone(ABC):
+    """A backbone adapter. It owns loading (paper: real checkpoints; tiny: in-house pretraining and fine-tuning,
+    cached), which tensors are mergeable, per-task heads, f_ex, and per-task forward/evaluation.
+
+    Register with ``BACKBONES.register(name, summary=..., paper=..., suites=(...), default_suite=...)``.
+    """
+
+    plugin_name: ClassVar[str] = ""
+
+    def __init__(self, profile: str, suite: Suite, seed: int = 0, cache: Any = None, progress: bool = True):
+        self.profile = profile
+        self.suite = suite
+        self.seed = seed
+        self.cache = cache
+        self.progress = progress
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.suite.tasks)
+
+    @abstractmethod
+    def prepare(self) -> None:
+        """Load (or build and cache) the pretrained and fine-tuned models. Idempotent."""
+
+    @abstractmethod
+    def pretrained_state(self) -> StateDict:
+        """Mergeable tensors of the pretrained model (float32)."""
+
+    @abstractmethod
+    def finetuned_state(self, task: str) -> StateDict:
+        """Mergeable tensors of ``task``'s fine-tuned model (float32), same keys as the pretrained ones."""
+
+    @abstractmethod
+    def checkpoints(self) -> dict[str, str]:
+        """``checkpoint name -> sha256`` of every checkpoint used."""
+
+    @abstractmethod
+    def batches(self, task: str, split: str, batch_size: int) -> Iterator[tuple[Any, Any]]:
+        """Labeled batches of a split, in a fixed order."""
+
+    @abstractmethod
+    def ops(self) -> ModelOps:
+        """The :class:`ModelOps` methods use (exemplars, logits, features, linear inputs)."""
+
+    def versions(self) -> dict[str, str]:
+        return {}

@@ -1,0 +1,135 @@
+"""Results records: one JSON file per run under ``results/``, written atomically.
+
+Stable top-level keys (tools and CI read these; add keys, never rename or remove them):
+
+==================  ===============================================================================
+``run_id``          ``<backbone>-<method>-<profile>-s<seed>-<hash>``; the file is ``<run_id>.json``
+``created``         UTC time, ISO 8601
+``profile``         ``tiny`` or ``paper``
+``method``          registry name of the method
+``method_kind``     ``static`` / ``task_conditioned`` / ``routed``; ``reference`` for Pretrained/Individual
+``params``          the method's resolved parameters
+``backbone``        registry name of the backbone
+``suite``           registry name of the suite
+``seed``            the run's seed
+``metrics``         task -> score in percent (accuracy, mAP@50 or GLUE score)
+``metric_names``    task -> the metric's name
+``average``         mean of ``metrics``
+``storage_bytes``   measured size of the artifact file (bytes)
+``storage_breakdown`` artifact -> {codec, bytes}; ``container_overhead`` makes the sum exact
+``timings``         {merge_s, eval_s, inference_ratio}
+``peak_rss_bytes``  peak resident memory of the process
+``versions``        python, torch, transformers, open_clip, timm, merge-bench, codecs
+``git_commit``      commit of the code that ran (``unknown`` outside a checkout)
+``checkpoints``     checkpoint name -> sha256
+``extra``           method-specific figures (routing accuracy, learned coefficients, ...)
+``config_hash``     hash of (method, params, backbone, suite, profile, seed): identifies a run for resumption
+==================  ===============================================================================
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+REQUIRED_KEYS = (
+    "run_id",
+    "created",
+    "profile",
+    "method",
+    "method_kind",
+    "params",
+    "backbone",
+    "suite",
+    "seed",
+    "metrics",
+    "metric_names",
+    "average",
+    "storage_bytes",
+    "storage_breakdown",
+    "timings",
+    "peak_rss_bytes",
+    "versions",
+    "git_commit",
+    "checkpoints",
+    "extra",
+    "config_hash",
+)
+
+
+class RecordError(ValueError):
+    pass
+
+
+def config_hash(method: str, params: dict, backbone: str, suite: str, profile: str, seed: int) -> str:
+    blob = json.dumps(
+        {"method": method, "params": params, "backbone": backbone, "suite": suite, "profile": profile, "seed": seed},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def validate(record: dict[str, Any]) -> None:
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing:
+        raise RecordError(f"record {record.get('run_id', '?')} lacks keys {missing}")
+    if not isinstance(record["metrics"], dict) or not record["metrics"]:
+        raise RecordError(f"record {record['run_id']}: metrics must be a non-empty task -> value map")
+    for task, v in record["metrics"].items():
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise RecordError(f"record {record['run_id']}: metric {task!r} is not a finite number: {v!r}")
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: floats rounded to 6 decimals so records diff cleanly."""
+    if isinstance(obj, float):
+        return round(obj, 6)
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_record(record: dict[str, Any], results_dir: str | os.PathLike) -> Path:
+    """Validate and write ``<results_dir>/<run_id>.json`` atomically (temp file, fsync, rename)."""
+    validate(record)
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{record['run_id']}.json"
+    fd, tmp = tempfile.mkstemp(dir=results_dir, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_clean(record), f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_records(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every valid record under ``results_dir`` (recursively), sorted by run id. Temp files are ignored."""
+    out = []
+    for p in sorted(Path(results_dir).rglob("*.json")):
+        if p.name.startswith("."):
+            continue
+        with open(p) as f:
+            try:
+                rec = json.load(f)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"{p}: not valid JSON ({e})") from None
+        validate(rec)
+        out.append(rec)
+    return sorted(out, key=lambda r: r["run_id"])
+
+
+def find_by_config(results_dir: str | os.PathLike, h: str) -> Iterable[dict[str, Any]]:
+    return [r for r in load_records(results_dir) if r.get("config_hash") == h]

@@ -1,0 +1,254 @@
+"""The runner: resolve and validate a run, load the pool, merge, write the artifacts with their codecs, reload
+them, evaluate the reloaded model, and write the record atomically."""
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import resource
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from tqdm.auto import tqdm
+
+from benchmark import __version__
+from benchmark.cache import Cache
+from benchmark.contract import Backbone, Merged, Method, Pool, RoutedModel, StaticModel, Suite, TaskConditionedModel
+from benchmark.errors import UserError
+from benchmark.profiles import PROFILES
+from benchmark.records import config_hash, write_record
+from benchmark.registry import BACKBONES, CODECS, METHODS, SUITES, Plugin
+from benchmark.storage import read_artifacts, write_artifacts
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class RunSpec:
+    method: str
+    backbone: str
+    suite: str | None = None
+    profile: str = "tiny"
+    seed: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)
+    results_dir: str = "results"
+    cache_root: str | None = None
+    batch_size: int = 256
+    progress: bool = True
+
+
+@dataclass
+class Resolved:
+    spec: RunSpec
+    method: Plugin
+    params: dict[str, Any]
+    backbone: Plugin
+    suite: Plugin
+
+
+def resolve(spec: RunSpec) -> Resolved:
+    """Validate every input before any work starts; raises a one-line :class:`UserError` naming valid choices."""
+    if spec.profile not in PROFILES:
+        raise UserError(f"unknown profile {spec.profile!r}; valid: {', '.join(PROFILES)}")
+    method = METHODS.get(spec.method)
+    params = method.resolve(spec.overrides)
+    backbone = BACKBONES.get(spec.backbone)
+    suites = tuple(backbone.meta.get("suites", ()))
+    suite_name = spec.suite or backbone.meta.get("default_suite")
+    if suite_name not in suites:
+        raise UserError(f"backbone {spec.backbone!r} has no suite {suite_name!r}; valid: {', '.join(suites)}")
+    suite = SUITES.get(suite_name)
+    return Resolved(spec, method, params, backbone, suite)
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD", "--", "benchmark", "methods", "backbones", "tasks"], cwd=REPO_ROOT
+        ).returncode
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "merge-bench": __version__}
+    for dist in ("torch", "transformers", "open_clip_torch", "timm", "numpy", "safetensors"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = "absent"
+    return out
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _take(obj: Any, idx: torch.Tensor) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj[idx]
+    if isinstance(obj, dict):
+        return {k: _take(v, idx) for k, v in obj.items()}
+    return [obj[i] for i in idx.tolist()]
+
+
+def evaluate(backbone: Backbone, merged: Merged, batch_size: int, progress: bool) -> dict[str, Any]:
+    """Evaluate ``merged`` on every task's test split. Also times a plain forward of the pretrained model on the
+    same batches, side by side, for the inference-time ratio."""
+    ops = backbone.ops()
+    tasks = backbone.tasks
+    metrics: dict[str, float] = {}
+    metric_names: dict[str, str] = {}
+    t_method = t_plain = 0.0
+    route_hits: dict[str, list[int]] = {}
+    n_builds = 0
+    for ti, task in enumerate(tqdm(tasks, desc="evaluate", unit="task", disable=not progress, leave=False)):
+        metric = backbone.suite.metric(task)
+        metric_names[task] = metric.name
+        cond_weights = None
+        for x, y in backbone.batches(task, "test", batch_size):
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                ops.logits(task, None, x)
+                t_plain += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                if isinstance(merged, StaticModel):
+                    metric.update(ops.logits(task, merged.weights(), x), y)
+                elif isinstance(merged, TaskConditionedModel):
+                    if cond_weights is None:
+                        cond_weights = merged.weights(task)
+                        n_builds += 1
+                    metric.update(ops.logits(task, cond_weights, x), y)
+                elif isinstance(merged, RoutedModel):
+                    mix = merged.route(ops.features(merged.routing_weights(), x))
+                    hits = route_hits.setdefault(task, [0, 0])
+                    hits[0] += int((mix.argmax(dim=1) == ti).sum())
+                    hits[1] += mix.shape[0]
+                    # samples that share routing weights share one weight build
+                    uniq, inverse = torch.unique(mix, dim=0, return_inverse=True)
+                    for g in range(uniq.shape[0]):
+                        idx = (inverse == g).nonzero().flatten()
+                        weights = merged.weights(uniq[g])
+                        n_builds += 1
+                        metric.update(ops.logits(task, weights, ops.slice(x, idx)), _take(y, idx))
+                else:
+                    raise TypeError(f"unknown merged model kind {type(merged).__name__}")
+                t_method += time.perf_counter() - t0
+        metrics[task] = float(metric.compute())
+    out: dict[str, Any] = {
+        "metrics": metrics,
+        "metric_names": metric_names,
+        "inference_ratio": t_method / t_plain if t_plain > 0 else float("nan"),
+        "weight_builds": n_builds,
+    }
+    if route_hits:
+        out["routing_accuracy"] = {t: 100.0 * h / max(n, 1) for t, (h, n) in route_hits.items()}
+        tot_h = sum(h for h, _ in route_hits.values())
+        tot_n = sum(n for _, n in route_hits.values())
+        out["routing_accuracy"]["AVG"] = 100.0 * tot_h / max(tot_n, 1)
+    return out
+
+
+def make_backbone(res: Resolved, cache: Cache) -> Backbone:
+    spec = res.spec
+    suite: Suite = res.suite.obj(profile=spec.profile, seed=spec.seed, cache=cache, progress=spec.progress)
+    backbone: Backbone = res.backbone.obj(
+        profile=spec.profile, suite=suite, seed=spec.seed, cache=cache, progress=spec.progress
+    )
+    return backbone
+
+
+def run(spec: RunSpec) -> tuple[dict[str, Any], Path]:
+    res = resolve(spec)
+    cache = Cache(spec.cache_root)
+    torch.manual_seed(spec.seed)
+    backbone = make_backbone(res, cache)
+    backbone.prepare()
+    tasks = backbone.tasks
+    pool = Pool(
+        tasks=tasks,
+        pretrained=backbone.pretrained_state(),
+        finetuned={t: backbone.finetuned_state(t) for t in tasks},
+        ops=backbone.ops(),
+        seed=spec.seed,
+    )
+    method: Method = res.method.obj(**res.params)
+    h = config_hash(spec.method, res.params, spec.backbone, res.suite.name, spec.profile, spec.seed)
+    run_id = f"{spec.backbone}-{spec.method}-{spec.profile}-s{spec.seed}-{h[:8]}"
+
+    t0 = time.perf_counter()
+    torch.manual_seed(spec.seed)
+    artifacts = method.merge(pool)
+    merge_s = time.perf_counter() - t0
+
+    if artifacts:
+        written = write_artifacts(artifacts, cache.root / "artifacts" / f"{run_id}.safetensors")
+        storage_bytes, breakdown = written.total_bytes, written.breakdown
+        reloaded = read_artifacts(written.path)
+    else:
+        storage_bytes, breakdown, reloaded = 0, {}, {}
+    codecs_used = sorted({a.codec for a in artifacts.values()})
+    del artifacts  # only what came back from the file may reach the evaluated model
+    merged = method.load(reloaded, pool.pretrained, tasks)
+
+    t0 = time.perf_counter()
+    ev = evaluate(backbone, merged, spec.batch_size, spec.progress)
+    eval_s = time.perf_counter() - t0
+
+    extra = dict(merged.extra_metrics())
+    if "routing_accuracy" in ev:
+        extra["routing_accuracy"] = ev["routing_accuracy"]
+    extra["weight_builds"] = ev["weight_builds"]
+    versions = library_versions()
+    versions["codecs"] = {c: CODECS.get(c).obj.version for c in codecs_used}
+    metrics = ev["metrics"]
+    record = {
+        "run_id": run_id,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "profile": spec.profile,
+        "method": spec.method,
+        "method_kind": "reference" if method.reference else method.kind,
+        "params": res.params,
+        "backbone": spec.backbone,
+        "suite": res.suite.name,
+        "seed": spec.seed,
+        "metrics": metrics,
+        "metric_names": ev["metric_names"],
+        "average": sum(metrics.values()) / len(metrics),
+        "storage_bytes": storage_bytes,
+        "storage_breakdown": breakdown,
+        "timings": {"merge_s": merge_s, "eval_s": eval_s, "inference_ratio": ev["inference_ratio"]},
+        "peak_rss_bytes": peak_rss_bytes(),
+        "versions": versions,
+        "git_commit": git_commit(),
+        "checkpoints": backbone.checkpoints(),
+        "extra": extra,
+        "config_hash": h,
+    }
+    path = write_record(record, spec.results_dir)
+    return record, path
+
+
+def format_table(record: Mapping[str, Any]) -> str:
+    rows = [(t, f"{v:6.2f}") for t, v in record["metrics"].items()]
+    rows.append(("AVG", f"{record['average']:6.2f}"))
+    w = max(len(t) for t, _ in rows)
+    names = set(record["metric_names"].values())
+    head = f"{record['method']} on {record['backbone']} / {record['suite']} ({record['profile']}, seed {record['seed']})"
+    lines = [head, f"{'task'.ljust(w)}  {'/'.join(sorted(names))}"]
+    lines += [f"{t.ljust(w)}  {v}" for t, v in rows]
+    lines.append(f"storage: {record['storage_bytes'] / 1e6:.3f} MB ({record['storage_bytes']} bytes)")
+    t = record["timings"]
+    lines.append(f"merge {t['merge_s']:.1f} s, eval {t['eval_s']:.1f} s, inference ratio {t['inference_ratio']:.2f}x")
+    if "routing_accuracy" in record.get("extra", {}):
+        lines.append(f"routing accuracy: {record['extra']['routing_accuracy']['AVG']:.2f}%")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Task suites and metrics; each suite module registers with ``benchmark.registry.SUITES``."""
