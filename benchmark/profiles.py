@@ -9,4 +9,8 @@ PROFILES = {
         "The papers' checkpoints and data sets (Hugging Face hub / open_clip / RF100 in COCO format). Needs the"
         " files locally or a network; intended for a GPU machine."
     ),
+    "micro": (
+        "For tests only: the tiny profile's classes and suites at the smallest configs and sizes that still run"
+        " every code path in seconds. Its numbers say nothing about the methods."
+    ),
 }
