@@ -75,6 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides=_parse_sets(args.set or []),
         results_dir=args.results_dir,
         progress=not args.no_progress,
+        eval_val=args.eval_val,
     )
     resolve(spec)  # fail fast on bad input, before loading anything
     record, path = run(spec)
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--set", action="append", metavar="KEY=VALUE", help="a method parameter; repeatable")
     pr.add_argument("--results-dir", default="results")
     pr.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pr.add_argument("--eval-val", action="store_true", help="also score the val split (for selection)")
     pr.set_defaults(func=cmd_run)
 
     pb = sub.add_parser("leaderboard", help="regenerate leaderboard.md (and its plots) from the records")

@@ -25,6 +25,9 @@ Stable top-level keys (tools and CI read these; add keys, never rename or remove
 ``extra``           method-specific figures (routing accuracy, learned coefficients, ...)
 ``config_hash``     hash of (method, params, backbone, suite, profile, seed): identifies a run for resumption
 ==================  ===============================================================================
+
+Optional keys: ``val_metrics`` / ``val_average`` (the same scores on the val split, present when the run was asked
+to score it; hyperparameter selection reads these, never the test scores).
 """
 from __future__ import annotations
 

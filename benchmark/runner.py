@@ -38,6 +38,7 @@ class RunSpec:
     cache_root: str | None = None
     batch_size: int = 256
     progress: bool = True
+    eval_val: bool = False  # also score the val split (records val_metrics), for hyperparameter selection
 
 
 @dataclass
@@ -101,8 +102,10 @@ def _take(obj: Any, idx: torch.Tensor) -> Any:
     return [obj[i] for i in idx.tolist()]
 
 
-def evaluate(backbone: Backbone, merged: Merged, batch_size: int, progress: bool) -> dict[str, Any]:
-    """Evaluate ``merged`` on every task's test split. Also times a plain forward of the pretrained model on the
+def evaluate(
+    backbone: Backbone, merged: Merged, batch_size: int, progress: bool, split: str = "test"
+) -> dict[str, Any]:
+    """Evaluate ``merged`` on every task's ``split``. Also times a plain forward of the pretrained model on the
     same batches, side by side, for the inference-time ratio."""
     ops = backbone.ops()
     tasks = backbone.tasks
@@ -111,11 +114,11 @@ def evaluate(backbone: Backbone, merged: Merged, batch_size: int, progress: bool
     t_method = t_plain = 0.0
     route_hits: dict[str, list[int]] = {}
     n_builds = 0
-    for ti, task in enumerate(tqdm(tasks, desc="evaluate", unit="task", disable=not progress, leave=False)):
+    for ti, task in enumerate(tqdm(tasks, desc=f"evaluate {split}", unit="task", disable=not progress, leave=False)):
         metric = backbone.suite.metric(task)
         metric_names[task] = metric.name
         cond_weights = None
-        for x, y in backbone.batches(task, "test", batch_size):
+        for x, y in backbone.batches(task, split, batch_size):
             with torch.no_grad():
                 t0 = time.perf_counter()
                 ops.logits(task, None, x)
@@ -203,6 +206,7 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path]:
     t0 = time.perf_counter()
     ev = evaluate(backbone, merged, spec.batch_size, spec.progress)
     eval_s = time.perf_counter() - t0
+    val = evaluate(backbone, merged, spec.batch_size, spec.progress, split="val") if spec.eval_val else None
 
     extra = dict(merged.extra_metrics())
     if "routing_accuracy" in ev:
@@ -234,6 +238,9 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path]:
         "extra": extra,
         "config_hash": h,
     }
+    if val is not None:
+        record["val_metrics"] = val["metrics"]
+        record["val_average"] = sum(val["metrics"].values()) / len(val["metrics"])
     path = write_record(record, spec.results_dir)
     return record, path
 

@@ -1,0 +1,107 @@
+"""Records: required keys, validation, and atomic writes that an interrupted writer cannot leave half-written."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark.records import REQUIRED_KEYS, RecordError, load_records, validate, write_record
+
+
+def make_record(run_id: str = "b-m-tiny-s0-abc", **over) -> dict:
+    rec = {
+        "run_id": run_id,
+        "created": "2026-11-25T00:00:00+00:00",
+        "profile": "tiny",
+        "method": "m",
+        "method_kind": "static",
+        "params": {},
+        "backbone": "b",
+        "suite": "s",
+        "seed": 0,
+        "metrics": {"t1": 50.0, "t2": 70.0},
+        "metric_names": {"t1": "accuracy", "t2": "accuracy"},
+        "average": 60.0,
+        "storage_bytes": 10,
+        "storage_breakdown": {"merged": {"codec": "state_dict", "bytes": 10}},
+        "timings": {"merge_s": 0.1, "eval_s": 0.2, "inference_ratio": 1.0},
+        "peak_rss_bytes": 1,
+        "versions": {},
+        "git_commit": "x",
+        "checkpoints": {},
+        "extra": {},
+        "config_hash": "abc",
+    }
+    rec.update(over)
+    return rec
+
+
+def test_required_keys_are_enforced(tmp_path):
+    rec = make_record()
+    assert set(REQUIRED_KEYS) <= set(rec)
+    del rec["storage_bytes"]
+    with pytest.raises(RecordError, match="storage_bytes"):
+        write_record(rec, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_metric_is_refused():
+    with pytest.raises(RecordError, match="finite"):
+        validate(make_record(metrics={"t": float("nan")}))
+
+
+def test_write_and_load_round_trip(tmp_path):
+    path = write_record(make_record(), tmp_path)
+    assert path.name == "b-m-tiny-s0-abc.json"
+    (loaded,) = load_records(tmp_path)
+    assert loaded["metrics"] == {"t1": 50.0, "t2": 70.0}
+
+
+_CHILD = textwrap.dedent(
+    """
+    import json, os, sys, time
+    sys.path.insert(0, {repo!r})
+    sys.path.insert(0, {tests!r})
+    from test_records import make_record
+    from benchmark import records
+    stage = sys.argv[1]
+    if stage == "dump":
+        real_dump = json.dump
+        def slow_dump(obj, f, **kw):
+            text = json.dumps(obj, **kw)
+            f.write(text[: len(text) // 2]); f.flush()
+            print("ready", flush=True); time.sleep(60)
+        records.json.dump = slow_dump
+    else:
+        real_replace = os.replace
+        def stuck_replace(a, b):
+            print("ready", flush=True); time.sleep(60)
+        records.os.replace = stuck_replace
+    records.write_record(make_record(extra={{"blob": "x" * 100000}}), sys.argv[2])
+    """
+)
+
+
+@pytest.mark.parametrize("stage", ["dump", "replace"])
+def test_killed_writer_leaves_no_record(tmp_path, stage):
+    repo = str(Path(__file__).resolve().parent.parent)
+    script = _CHILD.format(repo=repo, tests=str(Path(__file__).resolve().parent))
+    proc = subprocess.Popen([sys.executable, "-c", script, stage, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b-m-tiny-s0-abc.json").exists()
+    assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir())  # the half file exists, but only as a temp
+    assert load_records(tmp_path) == []
+
+
+def test_corrupt_record_is_reported(tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(RecordError, match="bad.json"):
+        load_records(tmp_path)
