@@ -1,0 +1,449 @@
+"""FlexSwitch: learnable sparsity (LGS), bit-width allocation (BAS) and cost-aware storage (SASS).
+
+Source: ../shared/papers/auto-flexswitch.txt, Sec. III-C, Eq. 6-17, with the settings of Sec. IV-A.
+
+For each task k and each module l (= each mergeable tensor) FlexSwitch learns, jointly:
+
+* **LGS** (Eq. 6-7): positive / negative threshold logits ``s+``, ``s-`` mapped into the range of the
+  corresponding signed magnitudes by ``phi(x) = arctan(x)/pi + 0.5``; a soft gate
+  ``M = sig((tau - t+)/(rho r+)) + sig((-t- - tau)/(rho r-))``, scaled by ``softplus(kappa)``.
+* **BAS** (Eq. 12-13): bit-width logits over W = {1, 2, 4, 8} with temperature ``omega``; a softmax mixture of the
+  asymmetric quantizer ``Q(tau; b)``.
+* **Loss** (Eq. 14): ``sum_l |M_l|_1 / sum_l n_l + sum_l wbar_l / (L max W) + lambda * L_per`` with ``L_per`` one of
+  KL at T=4 (Eq. 9), MSE on outputs (Eq. 10) or CKA (Eq. 11), against the fine-tuned model on N unlabeled
+  exemplars. Adam, lr 0.05 (LGS) and 0.1 (BAS), 500 steps, batch 32; rho and omega start at 1.0 and are multiplied
+  by 0.9 every 10 steps.
+* **Finalize** (Eq. 15 and after Eq. 11): hard mask ``1(M > 0.5)``, ``b = W[argmax w]``,
+  ``tau~ = softplus(kappa) * M_hard * Q(tau; b)``.
+
+Storage: per module the active positions and the b-bit quantization level of each (``SparseCodes``), written with
+SASS (Eq. 16-17) or the project's entropy codec, whichever file part is smaller (``codec="auto"``, measured in bytes),
+plus three float32 numbers per module (scale, offset, step) from which the values are rebuilt:
+``value = scale * (offset + (level + 0.5) * step)``.
+
+Differences from the paper, and choices it leaves open (no official code was available to compare with):
+
+* **Eq. 13 as printed** (``I = Clamp(floor((tau + v-max)/delta), 1, 2^b) - 1``) sends the two lowest bins to level 0
+  and reaches the top level only at ``tau = v+max``; at b = 1 every entry but the maximum gets the same value. The
+  default ``quantizer="uniform"`` is the evident intent, ``I = Clamp(floor((tau + v-max)/delta), 0, 2^b - 1)``
+  (2^b bins of width delta, mid-point reconstruction); ``quantizer="paper"`` implements the formula as printed.
+* Initial values (not given in the paper): ``s+ = s- = 0`` (thresholds mid-range), ``softplus(kappa) = 1``,
+  bit-width logits 0 (uniform mixture).
+* The hard mask is taken at the final temperature rho (for small rho it is the threshold mask ``|tau| > t``).
+* Modules with no positive (or no negative) entries get an empty range on that side: that side's gate is 0.
+* ``variant`` gives the component ablations of Table XI: ``lgs+bas`` (FlexSwitch), ``lgs`` (learned mask stored as
+  T-Switch's binary switch, Eq. 3 knob on the learned mask), ``bas`` (P-Spar mask at fixed ``alpha``, learned
+  bit-width).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, TaskConditionedModel
+from benchmark.registry import METHODS, Param
+from methods.codecs._sparse import SparseCodes
+
+BIT_WIDTHS = (1, 2, 4, 8)
+LOSSES = ("kl", "mse", "cka")
+VARIANTS = ("lgs+bas", "lgs", "bas")
+SWITCH_CODECS = ("auto", "sass", "entropy", "packbits")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure maths (Eq. 6-15)
+
+
+def phi(x: Tensor) -> Tensor:
+    """phi(x) = arctan(x)/pi + 0.5, a smooth map R -> (0, 1) (Eq. 6)."""
+    return torch.atan(x) / math.pi + 0.5
+
+
+@dataclass
+class Ranges:
+    """Magnitude ranges of a module's positive and negative entries (Eq. 6): [v+min, v+max], [v-min, v-max]."""
+
+    vp_min: Tensor
+    vp_max: Tensor
+    vn_min: Tensor
+    vn_max: Tensor
+
+    @property
+    def rp(self) -> Tensor:
+        return self.vp_max - self.vp_min
+
+    @property
+    def rn(self) -> Tensor:
+        return self.vn_max - self.vn_min
+
+
+def ranges(tau: Tensor) -> Ranges:
+    pos = tau[tau > 0]
+    neg = -tau[tau < 0]
+    z = tau.new_zeros(())
+    return Ranges(
+        pos.min() if pos.numel() else z,
+        pos.max() if pos.numel() else z,
+        neg.min() if neg.numel() else z,
+        neg.max() if neg.numel() else z,
+    )
+
+
+def thresholds(r: Ranges, s_pos: Tensor, s_neg: Tensor) -> tuple[Tensor, Tensor]:
+    """t+ = v+min + phi(s+) r+max, t- = v-min + phi(s-) r-max (Eq. 6): always inside the signed ranges."""
+    return r.vp_min + phi(s_pos) * r.rp, r.vn_min + phi(s_neg) * r.rn
+
+
+def _soft_step(x: Tensor, width: Tensor) -> Tensor:
+    """sigmoid(x / width); a hard step where the range is a single value (width 0)."""
+    return torch.sigmoid(x / width) if width > 0 else (x >= 0).to(x.dtype)
+
+
+def gate(tau: Tensor, r: Ranges, s_pos: Tensor, s_neg: Tensor, rho: float) -> Tensor:
+    """The soft mask M of Eq. 7 (without the softplus scale). As rho -> 0 it tends to 1(tau > t+) + 1(tau < -t-).
+
+    A side with no entries (no positive, or no negative, values) contributes nothing."""
+    t_pos, t_neg = thresholds(r, s_pos, s_neg)
+    m = tau.new_zeros(tau.shape)
+    if r.vp_max > 0:
+        m = m + _soft_step(tau - t_pos, rho * r.rp)
+    if r.vn_max > 0:
+        m = m + _soft_step(-t_neg - tau, rho * r.rn)
+    return m
+
+
+def quant_step(r: Ranges, bits: int) -> Tensor:
+    """delta = (v+max + v-max) / 2^b (Eq. 13)."""
+    return (r.vp_max + r.vn_max) / (2**bits)
+
+
+def quant_index(tau: Tensor, r: Ranges, bits: int, quantizer: str = "uniform") -> Tensor:
+    """The bin index I(tau; b) of Eq. 13, in [0, 2^b - 1] (see the module docstring for ``quantizer``)."""
+    delta = quant_step(r, bits)
+    if delta <= 0:
+        return torch.zeros(tau.shape, dtype=torch.long)
+    raw = torch.floor((tau + r.vn_max) / delta)
+    if quantizer == "paper":
+        return raw.clamp(1, 2**bits).long() - 1
+    return raw.clamp(0, 2**bits - 1).long()
+
+
+def dequantize(index: Tensor, offset: Tensor, step: Tensor) -> Tensor:
+    """Q = -v-max + (I + 0.5) delta (Eq. 13), written as offset + (I + 0.5) * step."""
+    return offset + (index.to(step.dtype) + 0.5) * step
+
+
+def quantize(tau: Tensor, r: Ranges, bits: int, quantizer: str = "uniform") -> Tensor:
+    return dequantize(quant_index(tau, r, bits, quantizer), -r.vn_max, quant_step(r, bits))
+
+
+def mixed_bits(w: Tensor, omega: float, widths: Sequence[int] = BIT_WIDTHS) -> Tensor:
+    """wbar = sum_i softmax(w/omega)_i W_i, the mixed bit-width of Eq. 14."""
+    return (torch.softmax(w / omega, dim=-1) * torch.tensor(widths, dtype=w.dtype)).sum(-1)
+
+
+def loss_kl(student: Tensor, teacher: Tensor, temperature: float = 4.0) -> Tensor:
+    """Eq. 9: T^2/B sum_i sum_j q_ij log(q_ij / p_ij), q from the fine-tuned model, p from the switched one."""
+    log_q = F.log_softmax(teacher / temperature, dim=-1)
+    log_p = F.log_softmax(student / temperature, dim=-1)
+    return temperature**2 * (log_q.exp() * (log_q - log_p)).sum(-1).mean()
+
+
+def loss_mse(student: Tensor, teacher: Tensor) -> Tensor:
+    """Eq. 10: 1/B sum_i ||f(x_i; Theta_k) - f(x_i; Theta + tau^)||_2^2."""
+    return ((teacher - student) ** 2).sum(-1).mean()
+
+
+def loss_cka(student: Tensor, teacher: Tensor) -> Tensor:
+    """Eq. 11: 1 - ||F^T H F^||_F^2 / (||F^T H F||_F ||F^^T H F^||_F), H the centering matrix."""
+    fc = teacher - teacher.mean(0, keepdim=True)  # H F
+    sc = student - student.mean(0, keepdim=True)
+    cross = torch.linalg.matrix_norm(fc.T @ sc) ** 2
+    denom = torch.linalg.matrix_norm(fc.T @ fc) * torch.linalg.matrix_norm(sc.T @ sc)
+    return 1 - cross / denom.clamp_min(1e-12)
+
+
+PER_LOSSES = {"kl": loss_kl, "mse": loss_mse, "cka": loss_cka}
+
+
+def p_spar_mask(tau: Tensor, alpha: float) -> Tensor:
+    """T-Switch's P-Spar (Eq. 2): keep the top (1 - alpha) of the positive and of the negative entries."""
+    mask = torch.zeros_like(tau, dtype=torch.bool)
+    for sign in (1, -1):
+        vals = (sign * tau)[sign * tau > 0]
+        keep = int(round((1 - alpha) * vals.numel()))
+        if keep <= 0:
+            continue
+        thr = torch.topk(vals, keep, sorted=True).values[-1]
+        mask |= sign * tau >= thr
+    return mask
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Learning one task's switch
+
+
+@dataclass
+class FlexConfig:
+    loss: str = "kl"
+    lam: float = 0.3
+    steps: int = 500
+    batch_size: int = 32
+    n_exemplars: int = 100
+    lr_lgs: float = 0.05
+    lr_bas: float = 0.1
+    rho0: float = 1.0
+    omega0: float = 1.0
+    decay: float = 0.9
+    decay_every: int = 10
+    temperature: float = 4.0
+    variant: str = "lgs+bas"
+    alpha: float = 0.7
+    quantizer: str = "uniform"
+
+
+@dataclass
+class LearnedModule:
+    """A finalized module: hard mask, bit-width, levels, and (scale, offset, step) to rebuild the values."""
+
+    mask: Tensor
+    bits: int
+    levels: Tensor
+    scale: float
+    offset: float
+    step: float
+
+    def values(self) -> Tensor:
+        return self.scale * dequantize(self.levels, torch.tensor(self.offset), torch.tensor(self.step))
+
+
+def exemplar_seed(pool: Pool, task_index: int) -> int:
+    """The seed of a task's exemplar draw, shared by the switch learning and the routing queries."""
+    return pool.seed * 1009 + task_index
+
+
+def learn_task_switch(
+    pool: Pool, task: str, cfg: FlexConfig, generator: torch.Generator, progress: bool = False
+) -> tuple[dict[str, LearnedModule], dict[str, list[float]]]:
+    """Optimize LGS/BAS for one task (Eq. 14) and finalize it. Returns the modules and the loss history."""
+    ops = pool.ops
+    if ops is None:
+        raise ValueError("flexswitch needs data access (pool.ops) for its performance-preservation loss")
+    keys = list(pool.pretrained)
+    taus = {k: pool.finetuned[task][k] - pool.pretrained[k] for k in keys}
+    rs = {k: ranges(taus[k]) for k in keys}
+    n_total = sum(t.numel() for t in taus.values())
+    exemplars = ops.exemplars(task, cfg.n_exemplars, exemplar_seed(pool, pool.tasks.index(task)))
+    n_ex = ops.num_examples(exemplars)
+    with torch.no_grad():
+        teacher = ops.logits(task, pool.finetuned[task], exemplars)
+
+    use_lgs = cfg.variant in ("lgs+bas", "lgs")
+    use_bas = cfg.variant in ("lgs+bas", "bas")
+    L = len(keys)
+    s_pos = torch.zeros(L, requires_grad=use_lgs)
+    s_neg = torch.zeros(L, requires_grad=use_lgs)
+    kappa = torch.full((L,), math.log(math.e - 1), requires_grad=use_lgs)  # softplus(kappa) = 1
+    w = torch.zeros(L, len(BIT_WIDTHS), requires_grad=use_bas)
+    groups = []
+    if use_lgs:
+        groups.append({"params": [s_pos, s_neg, kappa], "lr": cfg.lr_lgs})
+    if use_bas:
+        groups.append({"params": [w], "lr": cfg.lr_bas})
+    opt = torch.optim.Adam(groups)
+    fixed_mask = {k: p_spar_mask(taus[k], cfg.alpha).to(taus[k].dtype) for k in keys} if not use_lgs else None
+    q_levels = (
+        {k: torch.stack([quantize(taus[k], rs[k], b, cfg.quantizer) for b in BIT_WIDTHS]) for k in keys}
+        if use_bas
+        else None
+    )
+    per_loss = PER_LOSSES[cfg.loss]
+    history: dict[str, list[float]] = {"loss": [], "sparsity_term": [], "bits_term": [], "per": []}
+    rho = cfg.rho0
+    omega = cfg.omega0
+    for step in tqdm(range(cfg.steps), desc=f"flexswitch {task}", disable=not progress, leave=False):
+        if step and step % cfg.decay_every == 0:
+            rho *= cfg.decay
+            omega *= cfg.decay
+        idx = torch.randperm(n_ex, generator=generator)[: cfg.batch_size]
+        batch = ops.slice(exemplars, idx)
+        weights: StateDict = {}
+        sparse_term = taus[keys[0]].new_zeros(())
+        for i, k in enumerate(keys):
+            m = gate(taus[k], rs[k], s_pos[i], s_neg[i], rho) if use_lgs else fixed_mask[k]
+            if use_lgs:
+                sparse_term = sparse_term + m.sum()
+            vals = (torch.softmax(w[i] / omega, -1).view(-1, *[1] * taus[k].dim()) * q_levels[k]).sum(0) if use_bas else taus[k]
+            weights[k] = pool.pretrained[k] + F.softplus(kappa[i]) * m * vals
+        sparse_term = sparse_term / n_total
+        bits_term = mixed_bits(w, omega).sum() / (L * max(BIT_WIDTHS)) if use_bas else sparse_term.new_zeros(())
+        per = per_loss(ops.logits(task, weights, batch), teacher[idx], **({"temperature": cfg.temperature} if cfg.loss == "kl" else {}))
+        loss = sparse_term + bits_term + cfg.lam * per
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history["loss"].append(loss.item())
+        history["sparsity_term"].append(sparse_term.item())
+        history["bits_term"].append(bits_term.item())
+        history["per"].append(per.item())
+
+    out: dict[str, LearnedModule] = {}
+    with torch.no_grad():
+        for i, k in enumerate(keys):
+            tau = taus[k].reshape(-1)
+            if use_lgs:
+                mask = gate(tau, rs[k], s_pos[i], s_neg[i], rho) > 0.5
+            else:
+                mask = fixed_mask[k].reshape(-1) > 0
+            if cfg.variant == "lgs":  # T-Switch B-Approx on the learned mask: sign bit and Eq. 3 knob
+                levels = (tau[mask] > 0).to(torch.long)
+                n_act = int(mask.sum())
+                beta = float(tau[mask].norm() / math.sqrt(n_act)) if n_act else 0.0
+                out[k] = LearnedModule(mask, 1, levels, beta, -2.0, 2.0)
+                continue
+            bits = BIT_WIDTHS[int(w[i].argmax())] if use_bas else 1
+            levels = quant_index(tau[mask], rs[k], bits, cfg.quantizer)
+            out[k] = LearnedModule(
+                mask, bits, levels, float(F.softplus(kappa[i])), float(-rs[k].vn_max), float(quant_step(rs[k], bits))
+            )
+    return out, history
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Storage and the merged model
+
+
+def to_sparse_codes(modules: Mapping[str, LearnedModule], shapes: Mapping[str, torch.Size]) -> dict[str, SparseCodes]:
+    return {
+        k: SparseCodes(tuple(shapes[k]), m.mask.reshape(-1).to(torch.bool), m.levels.to(torch.uint8), m.bits)
+        for k, m in modules.items()
+    }
+
+
+def side_table(modules: Mapping[str, LearnedModule]) -> Tensor:
+    """[L, 3] float32: (scale, offset, step) per module, in the switch's module order."""
+    return torch.tensor([[m.scale, m.offset, m.step] for m in modules.values()], dtype=torch.float32)
+
+
+def rebuild_task_vector(codes: Mapping[str, SparseCodes], side: Tensor) -> StateDict:
+    """tau~ = scale * M_hard * Q(tau; b), from reloaded codes and the side table only."""
+    out: StateDict = {}
+    for i, (k, c) in enumerate(codes.items()):
+        scale, offset, step = side[i].tolist()
+        flat = torch.zeros(c.n, dtype=torch.float32)
+        flat[c.mask] = scale * dequantize(c.codes.long(), torch.tensor(offset), torch.tensor(step))
+        out[k] = flat.reshape(c.shape)
+    return out
+
+
+def encoded_bytes(codec: str, value: Any) -> int:
+    from benchmark.storage import get_codec
+
+    parts, _ = get_codec(codec).encode(value)
+    return sum(t.numel() * t.element_size() for t in parts.values())
+
+
+def pick_codec(choice: str, codes: Mapping[str, SparseCodes]) -> str:
+    """``auto``: the smaller of SASS and the entropy codec for this task's switch, measured in encoded bytes."""
+    if choice != "auto":
+        return choice
+    from benchmark.registry import CODECS
+
+    candidates = [c for c in ("sass", "entropy") if c in CODECS]
+    if not candidates:
+        return "packbits"
+    return min(candidates, key=lambda c: encoded_bytes(c, codes))
+
+
+def switch_summary(codes: Mapping[str, Mapping[str, SparseCodes]]) -> dict[str, Any]:
+    """Learned per-module sparsity and bit-width, per task, and their averages (for the record)."""
+    per_task = {}
+    for t, mods in codes.items():
+        n = sum(c.n for c in mods.values())
+        nnz = sum(c.nnz for c in mods.values())
+        per_task[t] = {
+            "sparsity": 1 - nnz / max(n, 1),
+            "mean_bits": sum(c.bits * c.nnz for c in mods.values()) / max(nnz, 1),
+            "modules": {k: {"sparsity": 1 - c.nnz / max(c.n, 1), "bits": c.bits} for k, c in mods.items()},
+        }
+    return per_task
+
+
+class FlexSwitchModel(TaskConditionedModel):
+    def __init__(self, pretrained: StateDict, vectors: Mapping[str, StateDict], summary: dict[str, Any]):
+        self._pre = pretrained
+        self._vec = vectors
+        self._summary = summary
+
+    def weights(self, task: str) -> StateDict:
+        return {k: self._pre[k] + self._vec[task][k] for k in self._pre}
+
+    def extra_metrics(self) -> dict[str, Any]:
+        return {"flexswitch": self._summary}
+
+
+FLEX_PARAMS = [
+    Param("loss", str, "kl", "performance-preservation loss: KL (Eq. 9), MSE (Eq. 10) or CKA (Eq. 11)", choices=LOSSES),
+    Param("lam", float, 0.3, "lambda, weight of the performance-preservation loss (Eq. 14; Table I)", lo=0.0),
+    Param("steps", int, 500, "Adam steps per task", lo=0),
+    Param("batch_size", int, 32, "exemplars per step", lo=1),
+    Param("n_exemplars", int, 100, "unlabeled exemplars per task (train split)", lo=1),
+    Param("lr_lgs", float, 0.05, "Adam lr of the LGS parameters (s+, s-, kappa)", lo=0.0),
+    Param("lr_bas", float, 0.1, "Adam lr of the BAS bit-width logits", lo=0.0),
+    Param("decay", float, 0.9, "rho and omega are multiplied by this every decay_every steps", lo=0.0, hi=1.0),
+    Param("decay_every", int, 10, "steps between temperature decays", lo=1),
+    Param("variant", str, "lgs+bas", "component ablation (Table XI)", choices=VARIANTS),
+    Param("alpha", float, 0.7, "P-Spar sparsity for variant=bas", lo=0.0, hi=1.0),
+    Param("quantizer", str, "uniform", "Eq. 13 bins: uniform (intent) or paper (as printed)", choices=("uniform", "paper")),
+    Param("codec", str, "auto", "switch codec; auto = the smaller of sass and entropy", choices=SWITCH_CODECS),
+]
+
+
+def flex_config(params: Mapping[str, Any]) -> FlexConfig:
+    names = set(FlexConfig.__dataclass_fields__)
+    return FlexConfig(**{k: v for k, v in params.items() if k in names})
+
+
+def learn_switches(pool: Pool, params: Mapping[str, Any], arts: Artifacts, progress: bool = True) -> dict[str, Any]:
+    """Learn and add every task's switch to ``arts``; returns the training summary (final losses per task)."""
+    cfg = flex_config(params)
+    shapes = {k: v.shape for k, v in pool.pretrained.items()}
+    history = {}
+    for ti, task in enumerate(pool.tasks):
+        modules, hist = learn_task_switch(pool, task, cfg, pool.generator(salt=1000 + ti), progress)
+        codes = to_sparse_codes(modules, shapes)
+        arts.add(f"switch/{task}", codes, codec=pick_codec(params["codec"], codes))
+        arts.add(f"side/{task}", side_table(modules), codec="tensor")
+        history[task] = {k: v[-1] if v else None for k, v in hist.items()}
+    return history
+
+
+def load_switches(artifacts: Mapping[str, Any], tasks: Sequence[str]) -> tuple[dict[str, StateDict], dict[str, Any]]:
+    vectors = {t: rebuild_task_vector(artifacts[f"switch/{t}"], artifacts[f"side/{t}"]) for t in tasks}
+    summary = switch_summary({t: artifacts[f"switch/{t}"] for t in tasks})
+    return vectors, summary
+
+
+@METHODS.register(
+    "flexswitch",
+    summary="Task-conditioned: learned per-module sparsity (LGS), bit-width (BAS), stored with SASS or entropy coding.",
+    paper="Auto-FlexSwitch (auto-flexswitch.txt), Sec. III-C, Eq. 6-17",
+    params=FLEX_PARAMS,
+)
+class FlexSwitch(Method):
+    kind = "task_conditioned"
+
+    def merge(self, pool: Pool) -> Artifacts:
+        arts = Artifacts()
+        learn_switches(pool, self.params, arts)
+        return arts
+
+    def load(self, artifacts: Mapping[str, Any], pretrained: StateDict, tasks: Sequence[str]) -> Merged:
+        vectors, summary = load_switches(artifacts, tasks)
+        return FlexSwitchModel(pretrained, vectors, summary)
