@@ -141,6 +141,11 @@ class Merged(ABC):
         """Method-specific figures for the record (routing accuracy, learned coefficients, ...)."""
         return {}
 
+    def write_figures(self, directory: Any, stem: str) -> list[Any]:
+        """Optional PNGs (e.g. FlexSwitch's per-module sparsity/bit-width heat map) written into ``directory`` with
+        names starting with ``stem``; returns their paths. The runner links them from the record."""
+        return []
+
 
 class StaticModel(Merged):
     kind = "static"

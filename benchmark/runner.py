@@ -212,6 +212,9 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path]:
     if "routing_accuracy" in ev:
         extra["routing_accuracy"] = ev["routing_accuracy"]
     extra["weight_builds"] = ev["weight_builds"]
+    figures = merged.write_figures(Path(spec.results_dir) / "figures", run_id)
+    if figures:
+        extra["figures"] = [Path(f).relative_to(spec.results_dir).as_posix() for f in figures]
     versions = library_versions()
     versions["codecs"] = {c: CODECS.get(c).obj.version for c in codecs_used}
     metrics = ev["metrics"]

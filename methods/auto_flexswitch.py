@@ -28,7 +28,7 @@ from torch import Tensor
 
 from benchmark.contract import Artifacts, Merged, Method, Pool, RoutedModel, StateDict
 from benchmark.registry import METHODS, Param
-from methods.flexswitch import FLEX_PARAMS, exemplar_seed, learn_switches, load_switches
+from methods.flexswitch import FLEX_PARAMS, exemplar_seed, heatmap, learn_switches, load_switches
 
 ROUTINGS = ("learned_metric", "centres", "plain_knn")
 
@@ -128,6 +128,9 @@ class AutoFlexSwitchModel(RoutedModel):
 
     def extra_metrics(self) -> dict[str, Any]:
         return {"flexswitch": self._summary}
+
+    def write_figures(self, directory: Any, stem: str) -> list[Any]:
+        return [heatmap(self._summary, directory, stem)]
 
 
 @METHODS.register(

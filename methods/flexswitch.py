@@ -387,6 +387,39 @@ class FlexSwitchModel(TaskConditionedModel):
     def extra_metrics(self) -> dict[str, Any]:
         return {"flexswitch": self._summary}
 
+    def write_figures(self, directory: Any, stem: str) -> list[Any]:
+        return [heatmap(self._summary, directory, stem)]
+
+
+def heatmap(summary: Mapping[str, Any], directory: Any, stem: str) -> Any:
+    """Per-module learned sparsity and bit-width per task, in the style of the paper's Fig. 4 (a byte-stable PNG)."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in summary if isinstance(summary[t], dict) and "modules" in summary[t]]
+    modules = list(summary[tasks[0]]["modules"])
+    sp = torch.tensor([[summary[t]["modules"][m]["sparsity"] for t in tasks] for m in modules])
+    bits = torch.tensor([[float(summary[t]["modules"][m]["bits"]) for t in tasks] for m in modules])
+    h = max(3.0, 0.12 * len(modules) + 1.5)
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 0.9 * len(tasks), h), sharey=True)
+    for ax, data, title, cmap in ((axes[0], sp, "sparsity", "viridis"), (axes[1], bits, "bit-width", "magma")):
+        im = ax.imshow(data.numpy(), aspect="auto", cmap=cmap, interpolation="nearest")
+        ax.set_xticks(range(len(tasks)), tasks, rotation=60, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.05)
+    axes[0].set_yticks(range(len(modules)), modules, fontsize=max(3, 7 - len(modules) // 40))
+    fig.tight_layout()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{stem}-flexswitch.png"
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
 
 FLEX_PARAMS = [
     Param("loss", str, "kl", "performance-preservation loss: KL (Eq. 9), MSE (Eq. 10) or CKA (Eq. 11)", choices=LOSSES),

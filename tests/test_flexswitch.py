@@ -186,3 +186,12 @@ def test_auto_flexswitch_routes_toy_tasks(routing):
         w = model.route(pool.ops.features(None, pool.ops.data[t]))
         assert torch.allclose(w.sum(1), torch.ones(w.shape[0]))
         assert (w.argmax(1) == ti).float().mean() > 0.9  # well-separated blobs route to their own task
+
+
+def test_heatmap_is_written_and_byte_stable(tmp_path):
+    summary = {t: {"sparsity": 0.5, "mean_bits": 2, "modules": {m: {"sparsity": 0.1 * i, "bits": 2**i}
+               for i, m in enumerate(["a.w", "b.w", "c.w"])}} for t in ["t0", "t1"]}
+    a = fs.heatmap(summary, tmp_path / "x", "run")
+    first = a.read_bytes()
+    b = fs.heatmap(summary, tmp_path / "x", "run")
+    assert a == b and b.read_bytes() == first and first[:8] == b"\x89PNG\r\n\x1a\n"
