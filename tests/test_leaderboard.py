@@ -1,0 +1,352 @@
+"""The leaderboard: deterministic markdown and plots, marks, storage in MB, seed means, labels, paper figures."""
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+
+from benchmark import leaderboard as lb
+from benchmark.__main__ import main
+from benchmark.records import validate, write_record
+
+REPO = Path(__file__).resolve().parent.parent
+VISION8 = ["sun397", "stanford-cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd"]
+
+
+def make_record(method="task_arithmetic", *, kind="static", seed=0, params=None, metrics=None, storage=1_000_000,
+                profile="paper", backbone="clip_vit_b32", suite="vision8", commit="a" * 40,
+                created="2026-11-20T10:00:00+00:00") -> dict:
+    params = dict(params or {})
+    metrics = dict(metrics or {t: 50.0 + i for i, t in enumerate(VISION8)})
+    tag = re.sub(r"[^a-z0-9]", "", repr(sorted(params.items())).lower())[:16] or "d"
+    run_id = f"{backbone}-{method}-{profile}-{suite}-s{seed}-{tag}"
+    rec = {
+        "run_id": run_id,
+        "created": created,
+        "profile": profile,
+        "method": method,
+        "method_kind": kind,
+        "params": params,
+        "backbone": backbone,
+        "suite": suite,
+        "seed": seed,
+        "metrics": metrics,
+        "metric_names": {t: "accuracy" for t in metrics},
+        "average": sum(metrics.values()) / len(metrics),
+        "storage_bytes": storage,
+        "storage_breakdown": {"merged": {"codec": "state_dict", "bytes": storage}},
+        "timings": {"merge_s": 1.0, "eval_s": 2.0, "inference_ratio": 1.0},
+        "peak_rss_bytes": 1,
+        "versions": {},
+        "git_commit": commit,
+        "checkpoints": {},
+        "extra": {},
+        "config_hash": run_id,
+    }
+    validate(rec)
+    return rec
+
+
+def no_defaults(method):
+    return None
+
+
+def no_order(suite, profile):
+    return None
+
+
+def row(table, label):
+    hits = [r for r in table.rows if r.label == label]
+    assert len(hits) == 1, [r.label for r in table.rows]
+    return hits[0]
+
+
+def md_row(md: str, label: str) -> list[str]:
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 2 and cells[1] == label:
+            return cells
+    raise AssertionError(f"no row {label!r} in\n{md}")
+
+
+def sample_records() -> list[dict]:
+    return [
+        make_record("pretrained", kind="reference", storage=0, metrics={t: 40.0 for t in VISION8}),
+        make_record("individual", kind="reference", storage=8_000_000, metrics={t: 95.0 for t in VISION8}),
+        make_record("task_arithmetic", seed=0, storage=2_000_000),
+        make_record("task_arithmetic", seed=1, storage=2_000_000, commit="b" * 40,
+                    created="2026-11-21T10:00:00+00:00"),
+        make_record("emr", kind="task_conditioned", storage=5_000_000, params={"rescale": "model_mean"},
+                    metrics={t: 80.0 for t in VISION8}),
+        make_record("auto_flexswitch", kind="routed", storage=300_000, params={"loss": "kl", "lam": 0.3},
+                    metrics={t: 85.0 for t in VISION8}),
+        make_record("pretrained", kind="reference", storage=0, profile="tiny", suite="vision8",
+                    metrics={"a": 10.0, "b": 20.0}),
+        make_record("weight_average", storage=123_456, profile="tiny", suite="vision8", metrics={"a": 30.0, "b": 40.0}),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Determinism and files
+
+
+def test_same_records_give_byte_identical_markdown_and_pngs(tmp_path):
+    res = tmp_path / "results"
+    for r in sample_records():
+        write_record(r, res)
+    out = tmp_path / "site" / "leaderboard.md"
+    assert lb.write_leaderboard(res, out) == out
+    first = {p.relative_to(out.parent): p.read_bytes() for p in sorted(out.parent.rglob("*")) if p.is_file()}
+    pngs = sorted(p for p in first if p.suffix == ".png")
+    assert [p.as_posix() for p in pngs] == ["leaderboard/paper_clip_vit_b32_vision8.png",
+                                            "leaderboard/tiny_clip_vit_b32_vision8.png"]
+    assert all(first[p].startswith(b"\x89PNG") for p in pngs)
+    assert b"Software" not in b"".join(first[p] for p in pngs)  # no tool/version or time metadata
+
+    lb.write_leaderboard(res, out)  # regenerate in place
+    again = {p.relative_to(out.parent): p.read_bytes() for p in sorted(out.parent.rglob("*")) if p.is_file()}
+    assert again == first
+
+    other = tmp_path / "site2" / "leaderboard.md"  # and elsewhere, from a fresh start
+    lb.write_leaderboard(res, other)
+    assert other.read_bytes() == out.read_bytes()
+    for p in pngs:
+        assert (other.parent / p).read_bytes() == first[p]
+
+    md = out.read_text()
+    assert md.startswith("# merge-bench leaderboard\n")
+    assert "`python -m benchmark leaderboard`" in md
+    assert "Newest record: 2026-11-21." in md  # the newest record's date, not the clock
+    assert "](leaderboard/paper_clip_vit_b32_vision8.png)" in md
+    assert "MB = 10^6 bytes" in md
+
+
+def test_stale_plots_are_removed(tmp_path):
+    res = tmp_path / "results"
+    write_record(make_record(), res)
+    out = tmp_path / "leaderboard.md"
+    (tmp_path / "leaderboard").mkdir()
+    (tmp_path / "leaderboard" / "paper_gone_gone.png").write_bytes(b"old")
+    lb.write_leaderboard(res, out)
+    assert sorted(p.name for p in (tmp_path / "leaderboard").iterdir()) == ["paper_clip_vit_b32_vision8.png"]
+
+
+def test_empty_results_dir_says_no_runs(tmp_path):
+    (tmp_path / "results").mkdir()
+    out = lb.write_leaderboard(tmp_path / "results", tmp_path / "leaderboard.md")
+    text = out.read_text()
+    assert "No runs yet" in text and "python -m benchmark leaderboard" in text
+    assert not (tmp_path / "leaderboard").exists()
+    out2 = lb.write_leaderboard(tmp_path / "missing", tmp_path / "lb2.md")  # no results dir at all
+    assert "No runs yet" in out2.read_text()
+
+
+def test_cli_leaderboard(tmp_path, capsys):
+    res = tmp_path / "res"
+    for r in sample_records():
+        write_record(r, res)
+    out = tmp_path / "board.md"
+    assert main(["leaderboard", "--results-dir", str(res), "--output", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"leaderboard: {out}"
+    assert "## paper · clip_vit_b32 · vision8" in out.read_text()
+    assert (tmp_path / "board" / "paper_clip_vit_b32_vision8.png").is_file()
+
+
+def test_unknown_backbone_suite_and_kind_do_not_crash(tmp_path):
+    recs = [
+        make_record("future_merge", kind="hyper", backbone="future_net", suite="future_suite",
+                    params={"beta": [1, 2], "gamma": None}, metrics={"zeta": 1.5, "alpha": 2.5}),
+        make_record("future_merge", kind="hyper", backbone="future_net", suite="future_suite", profile="tiny",
+                    params={"beta": [1, 2], "gamma": None}, metrics={"zeta": 1.5, "alpha": 2.5}, storage=0),
+    ]
+    for r in recs:
+        write_record(r, tmp_path / "res")
+    md = lb.write_leaderboard(tmp_path / "res", tmp_path / "lb.md").read_text()
+    assert "future_merge (beta=1,2, gamma=none)" in md  # unregistered: every parameter shown
+    assert "The papers report no figures for this backbone and suite." in md
+    (t_paper, t_tiny) = lb.build_tables(recs, defaults=no_defaults, task_order=no_order)
+    assert t_paper.tasks == ["zeta", "alpha"] and t_paper.rows[0].type == "hyper"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Table contents
+
+
+def _rows(*specs):
+    """Hand-made rows: (label, type, origin, [scores...], avg)."""
+    out = []
+    for label, typ, origin, scores, avg in specs:
+        out.append(lb.Row(type=typ, label=label, origin=origin, storage_mb=1.0,
+                          scores=dict(zip(["t1", "t2"], scores)), average=avg))
+    return out
+
+
+def test_bold_and_underline_placement_on_a_hand_made_table():
+    rows = _rows(
+        ("pretrained", "reference", "ours", [99.0, 99.0], 99.0),  # reference rows are never ranked
+        ("a", "static", "ours", [70.0, 60.004], 65.0),
+        ("b", "static", "ours", [80.0, 59.996], 70.0),  # ties at 2 decimals share the mark
+        ("paper", "static", "paper", [100.0, 100.0], 100.0),  # nor are paper figures
+        ("c", "dynamic", "ours", [75.0, 50.0], 62.5),
+        ("d", "dynamic", "ours", [10.0, 55.0], None),
+    )
+    marks = lb.mark_best(rows, ["t1", "t2", "AVG"])
+    assert {k: v for k, v in marks.items() if k[1] == "t1"} == {(2, "t1"): "best", (4, "t1"): "second"}
+    assert {k: v for k, v in marks.items() if k[1] == "t2"} == {(1, "t2"): "best", (2, "t2"): "best",
+                                                               (5, "t2"): "second"}
+    assert {k: v for k, v in marks.items() if k[1] == "AVG"} == {(2, "AVG"): "best", (1, "AVG"): "second"}
+
+    table = lb.Table("tiny", "bb", "s", ["t1", "t2"], {"t1": "accuracy", "t2": "accuracy"}, rows, 5, ["x"],
+                     "2026-01-01T00:00:00+00:00")
+    md = lb.render_table(table)
+    assert md_row(md, "b")[3:] == ["**80.00**", "**60.00**", "**70.00**"]
+    assert md_row(md, "c")[3:] == ["<u>75.00</u>", "50.00", "62.50"]
+    assert md_row(md, "a")[3:] == ["70.00", "**60.00**", "<u>65.00</u>"]
+    assert md_row(md, "pretrained")[3:] == ["99.00", "99.00", "99.00"]
+    assert md_row(md, "paper")[3:] == ["*100.00*", "*100.00*", "*100.00*"]
+    assert md_row(md, "d")[5] == "–"
+
+
+def test_storage_is_bytes_over_1e6():
+    recs = [make_record("x", storage=123_456_789), make_record("y", storage=0), make_record("z", storage=4_321)]
+    (t,) = lb.build_tables(recs, paper=[], defaults=no_defaults, task_order=no_order)
+    assert row(t, "x").storage_mb == pytest.approx(123.456789)
+    assert lb.format_storage(row(t, "x").storage_mb) == "123.46"
+    assert lb.format_storage(row(t, "y").storage_mb) == "0.00"
+    assert lb.format_storage(row(t, "z").storage_mb) == "0.00432"
+    assert lb.format_storage(None) == "–"
+    md = lb.render_table(t)
+    assert "| Storage (MB) |" in md and "MB = 10^6 bytes" in md
+    assert md_row(md, "x")[2] == "123.46"
+
+
+def test_seeds_are_averaged_never_the_best_picked():
+    recs = [make_record("m", seed=s, metrics={"t": v}, storage=b)
+            for s, v, b in [(0, 60.0, 1_000_000), (1, 70.0, 1_000_000), (2, 95.0, 1_000_000)]]
+    recs.append(make_record("m", seed=0, params={"lam": 0.5}, metrics={"t": 10.0}))  # another configuration
+    (t,) = lb.build_tables(recs, paper=[], defaults=lambda m: {"lam": 0.3}, task_order=no_order)
+    r = row(t, "m · 3 seeds")
+    assert r.scores["t"] == pytest.approx(75.0) and r.average == pytest.approx(75.0)
+    assert r.n_seeds == 3 and r.n_runs == 3
+    assert row(t, "m (lam=0.5)").scores["t"] == 10.0
+    assert md_row(lb.render_table(t), "m · 3 seeds")[3] == "**75.00**"
+
+
+def test_labels_show_non_default_params():
+    defaults = {"lam": 0.3, "topk": 20.0, "loss": "kl", "flag": True, "n": None}
+    assert lb.method_label("ties", {"lam": 0.3, "topk": 20.0, "loss": "kl"}, defaults) == "ties"
+    assert lb.method_label("ties", {"topk": 10.0, "lam": 0.3000001, "flag": False, "n": 5}, defaults) == \
+        "ties (topk=10, flag=false, n=5)"  # declaration order; record rounding is not a difference
+    assert lb.method_label("m", {"b": 1, "a": "x"}, None) == "m (a=x, b=1)"  # unregistered: all, sorted
+    assert lb.method_label("m", {"extra": 2}, {"lam": 0.3}) == "m (extra=2)"
+
+
+def test_labels_use_the_registry_defaults():
+    from benchmark.registry import METHODS
+
+    defaults = {p.name: p.default for p in METHODS.get("emr").params}
+    assert lb.registry_defaults("emr") == defaults
+    assert lb.registry_defaults("no_such_method") is None
+    recs = [make_record("emr", kind="task_conditioned", params={**defaults, "rescale": "model_mean"}),
+            make_record("emr", kind="task_conditioned", params=defaults)]
+    (t,) = lb.build_tables(recs, paper=[], task_order=no_order)
+    assert sorted(r.label for r in t.rows) == ["emr", "emr (rescale=model_mean)"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Paper figures
+
+
+def test_paper_figure_is_placed_under_our_row():
+    recs = sample_records()
+    tables = lb.build_tables(recs, defaults=no_defaults, task_order=no_order)
+    paper_t, tiny_t = tables
+    assert (paper_t.profile, tiny_t.profile) == ("paper", "tiny")
+    labels = [r.label for r in paper_t.rows]
+    i = labels.index("task_arithmetic · 2 seeds")
+    assert labels[i + 1] == "↳ paper [1]: Task-Arithmetic"
+    pr = paper_t.rows[i + 1]
+    assert pr.average == pytest.approx(70.23)  # auto-flexswitch Table III, Task-Arithmetic AVG
+    assert pr.scores["stanford-cars"] == pytest.approx(62.06) and pr.scores["sun397"] == pytest.approx(63.49)
+    assert paper_t.sources[0] == "auto-flexswitch Table III"
+
+    md = lb.render_markdown(tables)
+    cells = md_row(md, "↳ paper [1]: Task-Arithmetic")
+    assert cells[-1] == "*70.23*" and cells[2] == "–"
+    # every paper row of the table appears: methods we did not run are listed as paper-only
+    for name in ("DF-Merge", "RegMean", "MoW-Merging", "Traditional MTL", "Auto-FlexSwitch+CKA (λ = 3)"):
+        assert any(r.label.startswith(f"{name} (paper only [") for r in paper_t.rows), name
+    assert "T-Switch (paper only [2])" in labels and paper_t.sources[1] == "t-switch Table 2 (alpha=0.5)"
+    # Auto-FlexSwitch with loss=kl, λ=0.3 meets its own row
+    j = labels.index("auto_flexswitch (lam=0.3, loss=kl)")
+    assert labels[j + 1] == "↳ paper [1]: Auto-FlexSwitch+KL (λ = 0.3)"
+    assert paper_t.rows[j + 1].storage_mb == pytest.approx(41.51)
+    # groups in the papers' order: reference, static, dynamic
+    types = [r.type for r in paper_t.rows]
+    assert types == sorted(types, key=lambda t: lb.TYPE_RANK[t])
+    assert labels[:3] == ["pretrained", "↳ paper [1]: Pre-trained", "Traditional MTL (paper only [1])"]
+    # columns in the suite's (paper's) order, not the records' alphabetical one
+    assert paper_t.tasks == VISION8
+    # the tiny table shows no paper figures
+    assert all(r.origin == "ours" for r in tiny_t.rows) and not tiny_t.sources
+    assert "papers' figures do not apply" in md
+
+
+def test_paper_rows_for_both_auto_switch_papers_and_glue_scaled():
+    glue = ["cola", "sst2", "mrpc", "qqp", "mnli", "qnli", "rte"]
+    recs = [make_record("auto_switch", kind="routed", backbone="roberta_base", suite="glue7",
+                        metrics={t: 50.0 for t in glue}),
+            make_record("auto_switch", kind="routed", backbone="clip_vit_b32", suite="vision8")]
+    clip, roberta = lb.build_tables(recs, defaults=no_defaults, task_order=no_order)
+    assert [r.label for r in clip.rows if r.origin == "paper"] == [
+        "↳ paper [1]: Auto-Switch", "↳ paper [2]: Auto-Switch (CVPR)"]
+    p = [r for r in roberta.rows if r.origin == "paper"]
+    assert [r.label for r in p] == ["↳ paper [1]: Auto-Switch"]
+    assert p[0].scores["cola"] == pytest.approx(53.39) and p[0].average == pytest.approx(83.03)  # 0.5339 -> %
+    assert roberta.tasks == glue  # the paper's order: CoLA, SST-2, MRPC, QQP, MNLI, QNLI, RTE
+
+
+def test_flexswitch_lambda_preference():
+    paper = lb.load_paper_results()
+    table = [p for p in paper if p.backbone == "clip_vit_b32" and p.suite == "vision8"]
+    names = lambda params: [p.method for p in lb.match_paper_rows("auto_flexswitch", params, table)]  # noqa: E731
+    assert names({"loss": "cka", "lam": 3.0}) == ["Auto-FlexSwitch+CKA (λ = 3)"]
+    assert names({"loss": "mse", "lam": 1.0}) == ["Auto-FlexSwitch+MSE (λ = 0.05)"]  # same loss, paper's λ
+    assert names({}) == []
+    assert lb.match_paper_rows("flexswitch", {"loss": "kl", "lam": 0.3}, table) == []  # no FlexSwitch rows
+
+
+def test_name_mappings_are_explicit_and_cover_the_csv():
+    paper = lb.load_paper_results()
+    # task names: ours -> the CSV's
+    assert [lb.paper_task_name(t) for t in VISION8] == ["SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB",
+                                                          "MNIST", "DTD"]
+    assert [lb.paper_task_name(t) for t in ["cola", "sst2", "SST-2", "stsb", "real_world", "real-world"]] == [
+        "CoLA", "SST-2", "SST-2", "STS-B", "Real World", "Real World"]
+    csv_tasks = {t for p in paper for t in p.values} - {"AVG"}
+    assert csv_tasks <= set(lb.PAPER_TASKS.values())
+    # method names: every fixed name exists in the CSV, and every CSV method maps back to one of ours
+    csv_methods = {p.method.lower() for p in paper}
+    for ours, names in lb.PAPER_METHODS.items():
+        for n in names:
+            if "{loss}" not in n and ours != "traditional_mtl":
+                assert n.lower() in csv_methods, (ours, n)
+    assert {p.method: lb._paper_key(p.method) for p in paper if lb._paper_key(p.method) is None} == {}
+    assert lb._paper_key("EMR-merging") == "emr" and lb._paper_key("Twin-merging") == "twin"
+    assert lb._paper_key("Auto-FlexSwitch+MSE (λ = 0.9)") == "auto_flexswitch"
+    assert lb._paper_key("Auto-Switch (CVPR)") == "auto_switch"
+    for ours in lb.PAPER_METHODS:
+        assert ours in lb.METHOD_ORDER and ours in lb.PAPER_METHOD_TYPES
+
+
+def test_shipped_csv_is_the_reference():
+    shipped = REPO / "benchmark" / "data" / "paper_results.csv"
+    with open(shipped, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 975 and set(rows[0]) == {"backbone", "suite", "method", "storage_mb", "task", "value",
+                                                  "metric", "source"}
+    ref = REPO.parent / "shared" / "reference" / "paper_results.csv"
+    if ref.exists():
+        assert ref.read_bytes() == shipped.read_bytes()
