@@ -98,7 +98,16 @@ class ModelOps(Protocol):
         """f_ex: the features before the task head, ``[B, e]`` (or ``[B, Q, e]`` for per-query detectors)."""
 
     def linear_inputs(self, weights: StateDict | None, inputs: Any) -> dict[str, Tensor]:
-        """For every mergeable 2-D weight that acts as a linear map: its inputs, flattened to ``[N, d_in]``."""
+        """For every mergeable 2-D weight that acts as a linear map: its inputs, flattened to ``[N, d_in]``.
+
+        Keys are the weights' names. A weight is taken in the ``nn.Linear`` layout ``[d_out, d_in]`` (``y = x W^T``)
+        unless only its first dimension matches ``d_in`` (``y = x W``, e.g. open_clip's ``proj``); a square weight
+        used as ``x W`` must therefore be left out (or given transposed by the adapter)."""
+
+    def test_inputs(self, task: str, n: int | None, seed: int) -> Any:
+        """Optional (methods check with ``hasattr``). Up to ``n`` unlabeled inputs of ``task``'s *test* split (all of
+        them when ``n`` is None), in a seeded random order; never labels. Only test-time adaptation methods use it
+        (AdaMerging / AdaMerging++ minimize prediction entropy on the unlabeled test inputs, as their paper does)."""
 
     def num_examples(self, inputs: Any) -> int:
         """How many examples ``inputs`` holds."""

@@ -1,0 +1,118 @@
+"""``emr``: EMR-Merging, Elect, Mask & Rescale (Huang et al., NeurIPS 2024), task-conditioned and tuning-free.
+
+For task vectors tau_t = theta_t - theta over the mergeable tensors:
+
+* **Elect**: ``flag = sign(sum_t tau_t)`` (a zero sum counts as negative, as ``(s > 0) * 2 - 1`` in the official
+  code); ``tau_uni = flag * max_t |tau_t * (tau_t * flag > 0)|`` -- per entry, the largest magnitude among the
+  tasks that agree with the elected sign.
+* **Mask**: ``m_t = (tau_t * flag > 0)``, one boolean per entry and task.
+* **Rescale**: ``r_t = sum_n mean|tau_t[n]| / sum_n mean|m_t[n] * tau_uni[n]|``, n over the tensors. This is what
+  the official code (harveyhuang18/EMR_Merging, ``emr_merge``) and fusion-bench compute: a *sum over tensors of
+  per-tensor means*, which is neither the paper's whole-model mean (that would weight every entry equally) nor a
+  per-tensor rescaler; we follow the code. ``rescale="model_mean"`` gives the paper's whole-model ratio
+  ``sum|tau_t| / sum|m_t * tau_uni|``.
+* **Task t**: ``theta_t = theta + r_t * m_t * tau_uni``.
+
+Storage: ``tau_uni`` (``state_dict`` codec, natural dtype), one packed mask per task (``bitmask`` codec, a dict of
+bool tensors, 8 entries per byte) and the K rescalers (``tensor``, float32).
+
+Differences from the reference: none in the default; only the mergeable tensors take part (heads are per task and
+are never merged, as everywhere in this suite).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, TaskConditionedModel
+from benchmark.registry import METHODS, Param
+
+RESCALE_MODES = ("code", "model_mean")
+
+
+def emr_merge(
+    vectors: Sequence[Mapping[str, Tensor]], rescale: str = "code"
+) -> tuple[StateDict, list[dict[str, Tensor]], Tensor]:
+    """Elect, mask, rescale. Returns ``(tau_uni, masks per task, rescalers [K])``; keys in the order of
+    ``vectors[0]``."""
+    if rescale not in RESCALE_MODES:
+        raise ValueError(f"rescale must be one of {RESCALE_MODES}, got {rescale!r}")
+    k_tasks = len(vectors)
+    keys = list(vectors[0])
+    tau_uni: StateDict = {}
+    masks: list[dict[str, Tensor]] = [{} for _ in range(k_tasks)]
+    num = torch.zeros(k_tasks, dtype=torch.float64)
+    den = torch.zeros(k_tasks, dtype=torch.float64)
+    for name in keys:
+        stacked = torch.stack([v[name] for v in vectors])  # [K, ...]
+        flag = (stacked.sum(0) > 0).to(stacked.dtype) * 2 - 1
+        agree = stacked * flag > 0  # [K, ...]
+        uni = (stacked.abs() * agree).amax(0) * flag
+        tau_uni[name] = uni
+        for t in range(k_tasks):
+            masks[t][name] = agree[t]
+            kept = (uni * agree[t]).abs()
+            if rescale == "code":
+                num[t] += stacked[t].abs().mean().double()
+                den[t] += kept.mean().double()
+            else:
+                num[t] += stacked[t].abs().sum().double()
+                den[t] += kept.sum().double()
+    rescalers = (num / den).to(torch.float32)
+    return tau_uni, masks, rescalers
+
+
+def emr_task_weights(pretrained: Mapping[str, Tensor], tau_uni: Mapping[str, Tensor], mask: Mapping[str, Tensor],
+                     rescaler: Tensor | float) -> StateDict:
+    """theta_t = theta + r_t * m_t * tau_uni (computed as ``(tau_uni * m_t) * r_t``, the reference's order)."""
+    return {k: pretrained[k] + (tau_uni[k] * mask[k]) * rescaler for k in pretrained}
+
+
+class EMRModel(TaskConditionedModel):
+    def __init__(self, pretrained: StateDict, tau_uni: StateDict, masks: Mapping[str, Mapping[str, Tensor]],
+                 rescalers: Tensor, tasks: Sequence[str]):
+        self._pre = pretrained
+        self._uni = tau_uni
+        self._masks = masks
+        self._r = rescalers
+        self._tasks = list(tasks)
+
+    def weights(self, task: str) -> StateDict:
+        i = self._tasks.index(task)
+        return emr_task_weights(self._pre, self._uni, self._masks[task], self._r[i])
+
+    def extra_metrics(self) -> dict[str, Any]:
+        density = {}
+        for t in self._tasks:
+            n = sum(m.numel() for m in self._masks[t].values())
+            density[t] = sum(int(m.sum()) for m in self._masks[t].values()) / max(n, 1)
+        return {"emr": {"rescalers": dict(zip(self._tasks, self._r.tolist())), "mask_density": density}}
+
+
+@METHODS.register(
+    "emr",
+    summary="Task-conditioned: elected unified task vector + per-task sign masks and rescalers (tuning-free).",
+    paper="Huang et al. 2024, EMR-Merging: Tuning-Free High-Performance Model Merging (NeurIPS), Sec. 3",
+    params=[
+        Param("rescale", str, "code", "rescaler: sum of per-tensor means (official code) or whole-model mean (paper)",
+              choices=RESCALE_MODES),
+    ],
+)
+class EMRMerging(Method):
+    kind = "task_conditioned"
+
+    def merge(self, pool: Pool) -> Artifacts:
+        tv = pool.task_vectors()
+        tau_uni, masks, rescalers = emr_merge([tv[t] for t in pool.tasks], self.params.get("rescale", "code"))
+        arts = Artifacts()
+        arts.add("tau_uni", tau_uni, codec="state_dict")
+        for t, m in zip(pool.tasks, masks):
+            arts.add(f"masks/{t}", m, codec="bitmask")
+        arts.add("rescalers", rescalers, codec="tensor")
+        return arts
+
+    def load(self, artifacts: Mapping[str, Any], pretrained: StateDict, tasks: Sequence[str]) -> Merged:
+        masks = {t: artifacts[f"masks/{t}"] for t in tasks}
+        return EMRModel(pretrained, artifacts["tau_uni"], masks, artifacts["rescalers"], tasks)
