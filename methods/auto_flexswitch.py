@@ -80,7 +80,7 @@ def train_metric(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        hist.append(float(loss))
+        hist.append(loss.item())
     return L.detach(), hist
 
 

@@ -178,7 +178,7 @@ def test_auto_flexswitch_routes_toy_tasks(routing):
     pool = toy_pool()
     p = METHODS.get("auto_flexswitch").resolve(
         {"steps": 5, "n_exemplars": 32, "batch_size": 16, "codec": "packbits", "centres": 4, "rank": 4,
-         "metric_epochs": 20, "routing": routing}
+         "metric_epochs": 20, "routing": routing, "neighbours": 3}
     )
     method = METHODS.get("auto_flexswitch").obj(**p)
     model = method.load(read_back(method.merge(pool)), pool.pretrained, pool.tasks)
