@@ -1,4 +1,4 @@
-"""``python -m benchmark``: list, run, leaderboard (and later sweep).
+"""``python -m benchmark``: list, run, sweep, leaderboard.
 
 User mistakes (unknown names, bad parameters, missing files) print one line on stderr and exit 2, with no
 traceback.
@@ -92,9 +92,15 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from benchmark.sweep import cmd_sweep as run_sweep
+
+    return run_sweep(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m benchmark", description="merge-bench: model merging, accuracy against storage")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="{list,run,leaderboard}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="{list,run,sweep,leaderboard}")
     sub.required = True
 
     pl = sub.add_parser("list", help="methods, backbones, suites, codecs and profiles with their parameters")
@@ -112,6 +118,31 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-progress", action="store_true", help="no progress bars")
     pr.add_argument("--eval-val", action="store_true", help="also score the val split (for selection)")
     pr.set_defaults(func=cmd_run)
+
+    ps = sub.add_parser("sweep", help="run the (method x grid x backbone x seed) runs of sweep files; resumable")
+    ps.add_argument("files", nargs="+", metavar="SWEEP.yaml", help="sweep files (format: benchmark/sweep.py)")
+    ps.add_argument("--executor", choices=["local", "ray"], default="local")
+    ps.add_argument("--jobs", type=int, default=None,
+                    help="local: runs at a time, each in its own process (default 1: in this process); "
+                         "ray: CPUs of the local Ray instance")
+    ps.add_argument("--results-dir", default="results")
+    ps.add_argument("--profile", default=None, help="run every group on this profile instead of the file's")
+    ps.add_argument("--skip-unknown", action="store_true",
+                    help="skip methods/backbones/suites that are not registered (named in a warning)")
+    ps.add_argument("--fail-fast", action="store_true", help="stop at the first failed run")
+    ps.add_argument("--max-retries", type=int, default=2,
+                    help="re-runs of a run whose worker process died (ray, --jobs N); exceptions are never retried")
+    ps.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local instance)")
+    ps.add_argument("--cpus-per-run", type=float, default=1.0, help="ray: CPUs each run asks for")
+    ps.add_argument("--gpus-per-run", type=float, default=None, help="ray: GPUs each run asks for (default: 1 on "
+                                                                     "the paper profile, else 0)")
+    ps.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                    help="import this module first (out-of-tree plugins); repeatable")
+    ps.add_argument("--dry-run", action="store_true", help="list the runs and whether each is finished; run nothing")
+    ps.add_argument("--leaderboard", default="leaderboard.md", metavar="PATH", help="regenerated at the end")
+    ps.add_argument("--no-leaderboard", action="store_true", help="do not regenerate the leaderboard")
+    ps.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ps.set_defaults(func=cmd_sweep)
 
     pb = sub.add_parser("leaderboard", help="regenerate leaderboard.md (and its plots) from the records")
     pb.add_argument("--results-dir", default="results")
