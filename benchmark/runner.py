@@ -90,7 +90,24 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def reset_peak_rss() -> None:
+    """Reset the kernel's high-water mark so a run in a long-lived process (a sequential sweep) reports its own
+    peak, not the process's. Linux only; elsewhere the peak since process start is reported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak_rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
@@ -172,6 +189,7 @@ def make_backbone(res: Resolved, cache: Cache) -> Backbone:
 
 def run(spec: RunSpec) -> tuple[dict[str, Any], Path]:
     res = resolve(spec)
+    reset_peak_rss()
     cache = Cache(spec.cache_root)
     torch.manual_seed(spec.seed)
     backbone = make_backbone(res, cache)
