@@ -1,0 +1,135 @@
+"""Auto-Switch: T-Switch's binary task switches, mixed per input by a KNN over unlabeled exemplar features.
+
+Source: ../shared/papers/auto-flexswitch.txt, Sec. III-B3b (Eq. 5), settings of Sec. IV (Table II: ViT-B/32
+alpha = 0.7, 100 exemplars per task) and Sec. IV-B (Fig. 10: N in {100, 300, 500}, C in {5, 10, 20}); the
+conference version ../shared/papers/t-switch.txt, Sec. 3.4 (Eq. 8) and supplementary Sec. 8.2 (N and C ablation).
+The switch maths (Eq. 2-4) and its open points are in :mod:`methods._switch`.
+
+* Query sets: ``Q_k = {f_ex(x; theta) : x in E_k}``, f_ex of the *pretrained* model on ``n_exemplars`` unlabeled
+  train-split exemplars per task (``pool.ops.exemplars``, drawn with the same seed rule as Auto-FlexSwitch's, so
+  both see the same exemplars).
+* Routing (Eq. 5): the ``neighbours`` (C) nearest members of ``Q = ∪_k Q_k`` to ``f_ex(x; theta)`` under the
+  Euclidean distance, ``w_k(x) = |Q_k ∩ N_x| / |N_x|`` and ``theta(x) = theta + sum_k w_k(x) beta_k A_k ⊙ P_k``.
+  Per sample: the runner groups samples whose weight rows are equal and builds one model per group.
+* Per-query features (detectors, ``[B, Q, e]``): every query is routed and the image takes the task most of its
+  queries vote for (a one-hot row), as the paper does for DETR (Sec. IV-A2, "majority voting").
+
+Stored: the switches and knobs exactly as ``t_switch`` (``switch/<task>``, ``knobs/<task>``), the query features
+``queries`` (``[K N, e]``, codec ``tensor`` in ``query_dtype``; default ``float32``, which is what the paper's
+storage counts: 800 x 512 x 4 B = 1.6 MB, the Auto-Switch minus T-Switch gap of t-switch.txt Table 2; ``float16``
+halves it) and their task labels ``query_labels`` (uint8, codec ``tensor``).
+
+Where the official code (github.com/lfy-123/Binary-Task-Switch, ``merge_vit/merge_vit.py``) differs from the paper:
+
+* **Distance.** sklearn's ``KNeighborsClassifier(n_neighbors=C)`` with its defaults: Euclidean (Minkowski p = 2) on
+  the raw image-encoder outputs, uniform weights; ``predict_proba`` is exactly Eq. 5. The journal also names the
+  Euclidean distance of raw features (Sec. III-C5). Here: exact Euclidean distances (``torch.cdist`` without the
+  matrix-product shortcut, so a sample's neighbours do not depend on its batch); ties in distance are broken by
+  ``torch.topk``.
+* **Batch averaging.** The official code averages the KNN weights over each evaluation batch (256 test images of
+  one task) and merges once per batch. That uses the fact that a batch holds a single task, which a per-input
+  router should not know; the paper's Eq. 5 is per input. ``batch_average=True`` reproduces the official code
+  (``route`` returns the batch mean in every row); the default ``False`` follows Eq. 5.
+* **Query model.** The conference paper (t-switch.txt Sec. 3.4) extracts query features with the model merged
+  from averaged task vectors; the journal and the official code use the pretrained model, as here.
+* **Exemplars.** The official code takes the first batch of a shuffled train loader *with* the training
+  augmentation; here ``ops.exemplars`` (train split, seeded, no augmentation).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from benchmark.contract import Artifacts, Merged, Method, Pool, RoutedModel, StateDict
+from benchmark.registry import METHODS, Param
+from methods._switch import SWITCH_PARAMS, SwitchBank, add_switches
+from methods.auto_flexswitch import knn_task_weights
+from methods.flexswitch import exemplar_seed
+
+QUERY_DTYPES = ("float32", "float16")
+
+
+def query_set(pool: Pool, n: int) -> tuple[Tensor, Tensor]:
+    """f_ex of the pretrained model on ``n`` exemplars per task: features ``[M, e]`` (float32; per-query features
+    are flattened, every query a member) and their task indices ``[M]``."""
+    feats, labels = [], []
+    for ti, task in enumerate(pool.tasks):
+        x = pool.ops.exemplars(task, n, exemplar_seed(pool, ti))
+        with torch.no_grad():
+            f = pool.ops.features(None, x)
+        f = f.reshape(-1, f.shape[-1]).to(torch.float32)
+        feats.append(f)
+        labels.append(torch.full((f.shape[0],), ti, dtype=torch.long))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def knn_weights(features: Tensor, queries: Tensor, labels: Tensor, n_tasks: int, neighbours: int) -> Tensor:
+    """Eq. 5 for every sample: ``[B, K]``. ``features`` is ``[B, e]``, or ``[B, Q, e]`` (majority vote per image)."""
+    f = features.reshape(-1, features.shape[-1]).to(torch.float32)
+    dist = torch.cdist(f, queries, compute_mode="donot_use_mm_for_euclid_dist")
+    w = knn_task_weights(dist, labels, n_tasks, neighbours)
+    if features.dim() != 3:
+        return w
+    votes = F.one_hot(w.argmax(1), n_tasks).reshape(features.shape[0], features.shape[1], n_tasks).sum(1)
+    return F.one_hot(votes.argmax(1), n_tasks).to(torch.float32)
+
+
+class AutoSwitchModel(RoutedModel):
+    def __init__(self, bank: SwitchBank, queries: Tensor, labels: Tensor, neighbours: int, batch_average: bool):
+        self.bank = bank
+        self.queries = queries.to(torch.float32)
+        self.labels = labels.long()
+        self.neighbours = neighbours
+        self.batch_average = batch_average
+
+    def route(self, features: Tensor) -> Tensor:
+        w = knn_weights(features, self.queries, self.labels, len(self.bank.tasks), self.neighbours)
+        if self.batch_average:
+            w = w.mean(0, keepdim=True).repeat(w.shape[0], 1)
+        return w
+
+    def weights(self, mix: Tensor) -> StateDict:
+        return self.bank.weights(mix.tolist())
+
+    def extra_metrics(self) -> dict[str, Any]:
+        return {
+            "switch": self.bank.summary(),
+            "query_set": {"size": int(self.queries.shape[0]), "dim": int(self.queries.shape[1])},
+        }
+
+
+@METHODS.register(
+    "auto_switch",
+    summary="Routed: T-Switch switches mixed per input by the task shares of its C nearest exemplar features (Eq. 5).",
+    paper="Auto-Switch (auto-flexswitch.txt Sec. III-B, Eq. 2-5; t-switch.txt Sec. 3.4, Eq. 8)",
+    params=SWITCH_PARAMS
+    + [
+        Param("n_exemplars", int, 100, "N, unlabeled train exemplars per task in the query set", lo=1),
+        Param("neighbours", int, 10, "C, neighbours of the KNN (Eq. 5)", lo=1),
+        Param("batch_average", bool, False, "official-code variant: one batch-mean weight row per evaluation batch"),
+        Param("query_dtype", str, "float32", "storage dtype of the query features", choices=QUERY_DTYPES),
+    ],
+)
+class AutoSwitch(Method):
+    kind = "routed"
+
+    def merge(self, pool: Pool) -> Artifacts:
+        if pool.ops is None:
+            raise ValueError("auto_switch needs data access (pool.ops) for its exemplar query set")
+        if len(pool.tasks) > 256:
+            raise ValueError("auto_switch stores task labels as uint8: at most 256 tasks")
+        arts = Artifacts()
+        add_switches(arts, pool, self.params)
+        feats, labels = query_set(pool, self.params["n_exemplars"])
+        dtype = self.params["query_dtype"]
+        arts.add("queries", feats, codec="tensor", dtype="natural" if dtype == "float32" else dtype)
+        arts.add("query_labels", labels.to(torch.uint8), codec="tensor")
+        return arts
+
+    def load(self, artifacts: Mapping[str, Any], pretrained: StateDict, tasks: Sequence[str]) -> Merged:
+        p = self.params
+        bank = SwitchBank(artifacts, pretrained, tasks)
+        return AutoSwitchModel(bank, artifacts["queries"], artifacts["query_labels"], p["neighbours"], p["batch_average"])
