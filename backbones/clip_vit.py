@@ -1,0 +1,677 @@
+"""CLIP ViT-B/32 and ViT-L/14 image encoders on the ``vision8`` suite (``clip_vit_b32``, ``clip_vit_l14``).
+
+One code path for every profile
+-------------------------------
+The adapter holds one ``encoder`` module mapping normalized ``pixel_values [B, 3, H, W]`` to image embeddings
+``[B, e]`` (transformers' CLIP vision tower followed by ``visual_projection``, i.e. ``CLIPModel.get_image_features``)
+and one frozen head per task, ``[C, e]``. Logits are ``normalize(encoder(x)) @ head.T``; a head's rows are
+L2-normalized class embeddings times a logit scale, exactly as CLIP's zero-shot heads are. The *mergeable* tensors
+are the encoder's parameters (names from ``encoder.named_parameters()``, e.g.
+``vision_model.encoder.layers.0.self_attn.q_proj.weight``); heads are per task and never merged. Every forward runs
+``torch.func.functional_call(encoder, weights, x)``, so it is differentiable with respect to ``weights``.
+
+paper
+    :func:`backbones._clip_paper.load_clip_paper` loads ``openai/clip-vit-{base-patch32,large-patch14}`` and the 8
+    ``tanganke/clip-vit-*_<task>`` fine-tuned vision towers, with zero-shot heads built from the text tower. Encoder
+    parameters it reports as ``frozen`` (the visual projection, which those checkpoints never fine-tune) are kept in
+    the module but are not mergeable.
+
+tiny / micro (in-house, cached)
+    The same transformers classes (``CLIPVisionConfig`` / ``CLIPVisionModelWithProjection``) at small configs
+    (:data:`CONFIGS`): ViT-"B/32" sees a 32x32 image as a 4x4 grid of 8-pixel patches (ViT-B/32 sees 7x7 at 224
+    px), ViT-"L/14" is wider and deeper, with 4-pixel patches (an 8x8 grid). Three cached stages:
+
+    1. **pretraining** on a *generic* objective, never the tasks' labels: a seeded mixture of procedurally
+       generated images (flat / gradient / noise / wave backgrounds with 1-3 random ellipses, rectangles, triangles,
+       rings, bars and blobs) and their "captions", six generic attributes (background kind and hue, main object
+       kind, hue, position and size), predicted by cosine classifiers on the normalized embedding. Like CLIP's
+       image-text pretraining, it teaches generic visual concepts (colour, shape, layout) in a hyperspherical
+       embedding space.
+    2. **frozen heads** -- the analogue of CLIP's text-tower zero-shot heads: for each task, each class's prototype
+       is the normalized mean of the pretrained model's normalized embeddings of ``head_shots`` labeled train
+       images of that class (seeded); the head is the stack of prototypes times ``logit_scale``. The pretrained
+       model with these heads is the "Pretrained" (zero-shot) row.
+    3. **fine-tuning** of the whole encoder on each task's train split with that task's head frozen (AdamW, cosine
+       schedule, cross-entropy), as FusionBench / task_vectors fine-tune CLIP against frozen zero-shot heads.
+
+    Each stage is cached content-addressed (config, recipe, seed, the source of this module and of the generators
+    it uses, and the suite's data key) under :class:`benchmark.cache.Cache` as safetensors files;
+    :meth:`ClipViT.checkpoints` maps each file's name to its sha256. Training is deterministic under the seed
+    (seeded init and data order, ``torch.use_deterministic_algorithms``) on a given machine and torch build.
+
+ModelOps: inputs are ``uint8 [N, 3, H, W]`` tensors (tiny) or lazily decoded image lists (paper); the ops preprocess
+them to the encoder's normalized input. ``features`` (f_ex) is the encoder output, which the heads consume;
+``linear_inputs`` hooks every ``nn.Linear`` whose weight is mergeable (q/k/v/out projections, MLP fc1/fc2 and the
+visual projection).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from benchmark.cache import Cache, code_version, sha256_file
+from benchmark.contract import Backbone, StateDict
+from benchmark.errors import UserError
+from benchmark.registry import BACKBONES
+from tasks import vision8 as _v8
+
+__all__ = ["ClipViT", "ClipOps", "CONFIGS", "RECIPES", "ImageEncoder", "generic_mixture", "OPENAI_MEAN", "OPENAI_STD"]
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+DEVICE_ENV_VAR = "MERGE_BENCH_DEVICE"
+
+# transformers CLIPVisionConfig fields, per backbone and generated profile
+CONFIGS: dict[str, dict[str, dict[str, int]]] = {
+    "clip_vit_b32": {
+        "tiny": dict(image_size=32, patch_size=8, hidden_size=64, intermediate_size=256, num_hidden_layers=4,
+                     num_attention_heads=4, projection_dim=64),
+        "micro": dict(image_size=16, patch_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, projection_dim=16),
+    },
+    "clip_vit_l14": {
+        "tiny": dict(image_size=32, patch_size=4, hidden_size=96, intermediate_size=384, num_hidden_layers=6,
+                     num_attention_heads=6, projection_dim=96),
+        "micro": dict(image_size=16, patch_size=4, hidden_size=24, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=2, projection_dim=16),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the in-house checkpoints are made (part of every cache key)."""
+
+    pretrain_images: int  # size of the generic mixture
+    pretrain_steps: int
+    pretrain_batch: int
+    pretrain_lr: float
+    finetune_steps: int
+    finetune_batch: int
+    finetune_lr: float
+    finetune_wd: float
+    head_shots: int  # labeled train images per class for the frozen prototype heads
+    logit_scale: float
+    warmup: float = 0.1  # fraction of steps with a linear warm-up
+
+
+RECIPES: dict[str, Recipe] = {
+    "tiny": Recipe(pretrain_images=16000, pretrain_steps=500, pretrain_batch=128, pretrain_lr=2e-3,
+                   finetune_steps=150, finetune_batch=64, finetune_lr=1e-3, finetune_wd=0.0,
+                   head_shots=16, logit_scale=30.0),
+    "micro": Recipe(pretrain_images=256, pretrain_steps=8, pretrain_batch=32, pretrain_lr=2e-3,
+                    finetune_steps=4, finetune_batch=16, finetune_lr=1e-3, finetune_wd=0.0,
+                    head_shots=2, logit_scale=30.0),
+}
+
+PAPER_MODEL = {"clip_vit_b32": "openai/clip-vit-base-patch32", "clip_vit_l14": "openai/clip-vit-large-patch14"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The encoder
+
+
+class ImageEncoder(nn.Module):
+    """transformers CLIP vision tower + visual projection: ``pixel_values [B, 3, H, W] -> [B, e]`` (the same as
+    ``CLIPModel.get_image_features``). Parameter names: ``vision_model.*``, ``visual_projection.*``."""
+
+    def __init__(self, vision_model: nn.Module, visual_projection: nn.Module):
+        super().__init__()
+        self.vision_model = vision_model
+        self.visual_projection = visual_projection
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        out = self.vision_model(pixel_values=pixel_values)
+        pooled = out.pooler_output if hasattr(out, "pooler_output") else out[1]
+        return self.visual_projection(pooled)
+
+
+def build_encoder(config: Mapping[str, int]) -> ImageEncoder:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    cfg = CLIPVisionConfig(**config)
+    cfg._attn_implementation = "sdpa"
+    model = CLIPVisionModelWithProjection(cfg)
+    return ImageEncoder(model.vision_model, model.visual_projection)
+
+
+def _cosine_lr(step: int, total: int, warmup: float) -> float:
+    w = max(1, int(total * warmup))
+    if step < w:
+        return (step + 1) / w
+    return 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
+
+
+@contextlib.contextmanager
+def _deterministic() -> Iterator[None]:
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The generic pretraining mixture (never the tasks' labels)
+
+MIXTURE_KINDS = ["ellipse", "rectangle", "triangle", "ring", "bar", "blob"]
+MIXTURE_ATTRIBUTES = {"bg_kind": 4, "bg_hue": 7, "kind": len(MIXTURE_KINDS), "hue": 7, "position": 9, "size": 3}
+
+
+def _colour_and_hue(g: torch.Generator, n: int) -> tuple[Tensor, Tensor]:
+    """Random colours ``[N, 3]`` and their hue bin: 0-5 = six hue sectors, 6 = grey/dark (low saturation or value)."""
+    h, s, v = _v8._u(g, n), _v8._u(g, n, 0.0, 1.0), _v8._u(g, n, 0.15, 1.0)
+    rgb = _v8._hsv(h, s, v)
+    bin_ = (h * 6).long().clamp(max=5)
+    bin_ = torch.where((s < 0.25) | (v < 0.25), torch.full_like(bin_, 6), bin_)
+    return rgb, bin_
+
+
+def generic_mixture(g: torch.Generator, n: int, s: int) -> tuple[Tensor, dict[str, Tensor]]:
+    """``n`` generic images ``uint8 [n, 3, s, s]`` and their attributes (:data:`MIXTURE_ATTRIBUTES`)."""
+    u = _v8._u
+    col = _v8._col
+    yy, xx = _v8._grid(s)
+    attrs: dict[str, Tensor] = {}
+    # background
+    bg_kind = torch.randint(4, (n,), generator=g)
+    c1, bg_hue = _colour_and_hue(g, n)
+    c2, _ = _colour_and_hue(g, n)
+    ang = col(u(g, n, 0, 2 * math.pi))
+    ru, _ = _v8._rot(xx, yy, ang)
+    flat = _v8._flat(c1, s)
+    grad = _v8._paint(flat, ((ru + 1) / 2).clamp(0, 1).expand(n, s, s), c2)
+    noise = flat * (0.5 + _v8._smooth_noise(g, n, s, 4))
+    waves = _v8._paint(flat, 0.3 * (0.5 + 0.5 * torch.sin(ru * col(u(g, n, 3, 10)))), c2)
+    img = torch.stack([flat, grad, noise.clamp(0, 1), waves], 1)[torch.arange(n), bg_kind]
+    attrs["bg_kind"], attrs["bg_hue"] = bg_kind, bg_hue
+    # 0-2 small distractor objects, then the main object on top
+    n_extra = torch.randint(3, (n,), generator=g)
+    main = {}
+    for j in range(3):
+        is_main = j == 2
+        present = torch.ones(n) if is_main else (n_extra > j).float()
+        kind = torch.randint(len(MIXTURE_KINDS), (n,), generator=g)
+        colour, hue = _colour_and_hue(g, n)
+        if is_main:
+            cx, cy = u(g, n, -0.6, 0.6), u(g, n, -0.6, 0.6)
+            size = torch.randint(3, (n,), generator=g)
+            r = 0.2 + 0.15 * size.float() + u(g, n, 0, 0.1)
+        else:
+            cx, cy = u(g, n, -0.9, 0.9), u(g, n, -0.9, 0.9)
+            size = torch.zeros(n, dtype=torch.long)
+            r = u(g, n, 0.1, 0.25)
+        rot = col(u(g, n, 0, math.pi))
+        aspect = col(u(g, n, 0.5, 1.0))
+        dx, dy = xx - col(cx), yy - col(cy)
+        rr = col(r)
+        mask = torch.zeros(n, s, s)
+        for k, name in enumerate(MIXTURE_KINDS):
+            sel = (kind == k).nonzero().flatten()
+            if len(sel) == 0:
+                continue
+            ddx, ddy, rk, ak, ask = dx[sel], dy[sel], rr[sel], rot[sel], aspect[sel]
+            if name == "ellipse":
+                pu, pv = _v8._rot(ddx, ddy, ak)
+                sdf = (torch.sqrt((pu / rk) ** 2 + (pv / (rk * ask)) ** 2) - 1) * rk * ask
+            elif name == "rectangle":
+                pu, pv = _v8._rot(ddx, ddy, ak)
+                sdf = torch.maximum(pu.abs() - rk * 0.85, pv.abs() - rk * 0.85 * ask)
+            elif name == "triangle":
+                sdf = _v8._shape_sdf("triangle", ddx, ddy, rk, ak)
+            elif name == "ring":
+                sdf = _v8._shape_sdf("ring", ddx, ddy, rk, ak)
+            elif name == "bar":
+                pu, pv = _v8._rot(ddx, ddy, ak)
+                sdf = torch.maximum(pu.abs() - rk, pv.abs() - rk * 0.18)
+            else:  # blob: a random 4x4 binary pattern, smoothly upsampled
+                pat = (torch.rand(len(sel), 1, 4, 4, generator=g) < 0.55).float()
+                pat = F.pad(pat, (1, 1, 1, 1))
+                m = _v8._warp(pat, s, 2 * rk.flatten() * 1.2, ak.flatten(), cx[sel], cy[sel])
+                mask[sel] = (m * 2 - 0.5).clamp(0, 1)
+                continue
+            mask[sel] = _v8._soft(sdf, s)
+        img = _v8._paint(img, mask * col(present), colour)
+        if is_main:
+            main = {"kind": kind, "hue": hue, "size": size,
+                    "position": ((cy + 0.6) / 0.4).long().clamp(0, 2) * 3 + ((cx + 0.6) / 0.4).long().clamp(0, 2)}
+    attrs.update(main)
+    return _v8._finish(img, g, 0.03), attrs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Preprocessing
+
+
+def to_pixels(inputs: Any, image_size: int, mean: tuple, std: tuple, device: torch.device) -> Tensor:
+    """Inputs -> normalized ``float32 [N, 3, S, S]`` pixel values on ``device``.
+
+    ``uint8`` tensors ``[N, 3, S, S]`` (the generated suites) are scaled to [0, 1] and normalized with ``mean`` /
+    ``std``; float tensors are taken as already-normalized pixel values; anything else (images of another size, a
+    lazily decoded image list, PIL images) goes through CLIP's preprocessing, resize + centre crop
+    (:func:`tasks._vision_paper.to_pixel_values`).
+    """
+    if isinstance(inputs, Tensor):
+        if inputs.dtype.is_floating_point:
+            return inputs.to(device)
+        if inputs.dtype != torch.uint8 or inputs.ndim != 4:
+            raise TypeError(f"expected uint8 images [N, 3, H, W], got {inputs.dtype} {tuple(inputs.shape)}")
+        if inputs.shape[1] == 3 and inputs.shape[-1] == image_size and inputs.shape[-2] == image_size:
+            x = inputs.to(device).float().div_(255.0)
+            m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+            sd = torch.tensor(std, device=device).view(1, 3, 1, 1)
+            return (x - m) / sd
+    from tasks._vision_paper import to_pixel_values
+
+    return to_pixel_values(inputs, image_size, mean, std, device=device)
+
+
+def _stable_hash(text: str) -> int:
+    return zlib.crc32(text.encode())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ModelOps
+
+
+class ClipOps:
+    """Data-dependent access to the CLIP adapter (:class:`benchmark.contract.ModelOps`)."""
+
+    def __init__(self, backbone: "ClipViT"):
+        self.bb = backbone
+        self._moved: tuple[tuple, dict[str, Tensor]] | None = None
+
+    # -- data
+    def exemplars(self, task: str, n: int, seed: int) -> Any:
+        """``n`` unlabeled train inputs of ``task``, seeded (no labels)."""
+        data = self.bb.suite.load(task, "train")
+        g = torch.Generator().manual_seed(seed * 1_000_003 + _stable_hash(task))
+        idx = torch.randperm(len(data), generator=g)[: min(n, len(data))]
+        return self.slice(data.inputs, idx)
+
+    def test_inputs(self, task: str, n: int | None, seed: int) -> Any:
+        """Up to ``n`` unlabeled test inputs of ``task`` (all when None), in a seeded random order."""
+        data = self.bb.suite.load(task, "test")
+        g = torch.Generator().manual_seed(seed * 1_000_003 + _stable_hash(task) + 1)
+        idx = torch.randperm(len(data), generator=g)
+        if n is not None:
+            idx = idx[: min(n, len(data))]
+        return self.slice(data.inputs, idx)
+
+    def num_examples(self, inputs: Any) -> int:
+        return int(inputs.shape[0]) if isinstance(inputs, Tensor) else len(inputs)
+
+    def slice(self, inputs: Any, index: Tensor | slice) -> Any:
+        if isinstance(inputs, Tensor):
+            return inputs[index]
+        if isinstance(index, Tensor) and index.dtype == torch.bool:
+            index = index.nonzero().flatten()
+        if isinstance(inputs, (list, tuple)):
+            if isinstance(index, slice):
+                return list(inputs[index])
+            return [inputs[i] for i in torch.as_tensor(index).tolist()]
+        return inputs[index]  # ImageList and friends slice lazily
+
+    # -- model
+    def _weights(self, weights: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
+        if weights is None:
+            return None
+        dev = self.bb.device
+        if dev.type == "cpu":
+            return dict(weights)
+        key = tuple((k, id(v), v._version) for k, v in weights.items())
+        if self._moved is not None and self._moved[0] == key:
+            return self._moved[1]
+        moved = {k: v.to(dev) for k, v in weights.items()}
+        if not any(v.requires_grad for v in weights.values()):
+            self._moved = (key, moved)
+        return moved
+
+    def _embed(self, weights: Mapping[str, Tensor] | None, inputs: Any) -> Tensor:
+        bb = self.bb
+        x = to_pixels(inputs, bb.image_size, bb.mean, bb.std, bb.device)
+        w = self._weights(weights)
+        if w is None:
+            return bb.encoder(x)
+        return torch.func.functional_call(bb.encoder, w, (x,), strict=False)
+
+    def features(self, weights: StateDict | None, inputs: Any) -> Tensor:
+        """f_ex: the encoder's image embeddings ``[B, e]`` (what the heads consume, before normalization)."""
+        return self._embed(weights, inputs)
+
+    def logits(self, task: str, weights: StateDict | None, inputs: Any) -> Tensor:
+        """``normalize(encoder(x)) @ head[task].T`` under ``weights`` (None = pretrained)."""
+        emb = self._embed(weights, inputs)
+        head = self.bb.head(task).to(device=emb.device, dtype=emb.dtype)
+        return F.normalize(emb, dim=-1) @ head.T
+
+    def linear_inputs(self, weights: StateDict | None, inputs: Any) -> dict[str, Tensor]:
+        """Inputs ``[N, d_in]`` of every ``nn.Linear`` whose weight is mergeable, keyed by the weight's name."""
+        out: dict[str, Tensor] = {}
+        handles = []
+        mergeable = set(self.bb.mergeable_names)
+        for mod_name, mod in self.bb.encoder.named_modules():
+            wname = f"{mod_name}.weight" if mod_name else "weight"
+            if isinstance(mod, nn.Linear) and wname in mergeable:
+
+                def hook(_m: nn.Module, args: tuple, _out: Any, wname: str = wname) -> None:
+                    x = args[0]
+                    out[wname] = x.reshape(-1, x.shape[-1])
+
+                handles.append(mod.register_forward_hook(hook))
+        try:
+            self._embed(weights, inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The adapter
+
+
+_DRAWING = (_v8._u, _v8._hsv, _v8._grid, _v8._rot, _v8._flat, _v8._paint, _v8._smooth_noise, _v8._shape_sdf,
+            _v8._soft, _v8._warp, _v8._finish, _v8._col)
+
+
+def _version(stage: str = "all") -> str:
+    """Source of what shapes a cached stage (so editing, say, the fine-tuning loop keeps the pretrained model)."""
+    common = (ImageEncoder, build_encoder, to_pixels, _cosine_lr, _deterministic, _stable_hash)
+    if stage == "pretrain":
+        return code_version(*common, *_DRAWING, _colour_and_hue, generic_mixture, ClipViT._build_pretrain)
+    if stage == "heads":
+        return code_version(*common, ClipViT._build_heads)
+    if stage == "finetune":
+        return code_version(*common, ClipViT._build_finetune, ClipViT._pretrained_full)
+    return code_version(sys.modules[__name__])
+
+
+class ClipViT(Backbone):
+    """See the module docstring. ``model`` is set by the registered subclasses."""
+
+    model: str = ""
+
+    def __init__(self, profile: str, suite: Any, seed: int = 0, cache: Any = None, progress: bool = True):
+        super().__init__(profile, suite, seed, cache, progress)
+        if profile != "paper" and profile not in CONFIGS[self.model]:
+            raise UserError(f"backbone {self.model} has no profile {profile!r}; valid: paper, {', '.join(CONFIGS[self.model])}")
+        dev = os.environ.get(DEVICE_ENV_VAR)
+        if dev:
+            self.device = torch.device(dev)
+        else:
+            self.device = torch.device("cuda" if profile == "paper" and torch.cuda.is_available() else "cpu")
+        self._prepared = False
+        self._ops: ClipOps | None = None
+        self.encoder: nn.Module
+        self.heads: dict[str, Tensor] = {}
+        self._pretrained: dict[str, Tensor] = {}
+        self._finetuned: dict[str, dict[str, Tensor]] = {}
+        self._checkpoints: dict[str, str] = {}
+        self.mergeable_names: list[str] = []
+
+    # -- configuration
+    @property
+    def config(self) -> dict[str, int]:
+        return dict(CONFIGS[self.model][self.profile])
+
+    @property
+    def recipe(self) -> Recipe:
+        return RECIPES[self.profile]
+
+    def _cache(self) -> Cache:
+        return self.cache if self.cache is not None else Cache()
+
+    # -- Backbone API
+    def prepare(self) -> None:
+        if self._prepared:
+            return
+        if self.profile == "paper":
+            self._prepare_paper()
+        else:
+            self._prepare_tiny()
+        self.encoder.to(self.device).eval()
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self._prepared = True
+
+    def pretrained_state(self) -> StateDict:
+        self.prepare()
+        return dict(self._pretrained)
+
+    def finetuned_state(self, task: str) -> StateDict:
+        self.prepare()
+        if task not in self._finetuned:
+            raise UserError(f"{self.model}: no task {task!r}; valid: {', '.join(self.tasks)}")
+        return dict(self._finetuned[task])
+
+    def checkpoints(self) -> dict[str, str]:
+        self.prepare()
+        return dict(self._checkpoints)
+
+    def head(self, task: str) -> Tensor:
+        self.prepare()
+        return self.heads[task]
+
+    def batches(self, task: str, split: str, batch_size: int) -> Iterator[tuple[Any, Any]]:
+        data = self.suite.load(task, split)
+        n = len(data)
+        ops = self.ops()
+        for i in range(0, n, batch_size):
+            yield ops.slice(data.inputs, slice(i, min(i + batch_size, n))), data.targets[i : i + batch_size]
+
+    def ops(self) -> ClipOps:
+        self.prepare()
+        if self._ops is None:
+            self._ops = ClipOps(self)
+        return self._ops
+
+    def versions(self) -> dict[str, str]:
+        return {"clip_vit": _version()}  # the adapter's source hash
+
+    # -- paper profile
+    def _prepare_paper(self) -> None:
+        from backbones._clip_paper import load_clip_paper
+
+        classnames = {t: self.suite.classnames(t) for t in self.tasks}
+        paper = load_clip_paper(self.model, self.tasks, classnames)
+        self.encoder = paper.encoder
+        self.image_size, self.mean, self.std = int(paper.image_size), tuple(paper.mean), tuple(paper.std)
+        frozen = set(getattr(paper, "frozen", ()) or ())
+        self.mergeable_names = [n for n, _ in self.encoder.named_parameters() if n not in frozen]
+        self._pretrained = {k: paper.pretrained[k].float() for k in self.mergeable_names}
+        self._finetuned = {t: {k: paper.finetuned[t][k].float() for k in self.mergeable_names} for t in self.tasks}
+        self.heads = {t: paper.heads[t].detach().float().to(self.device) for t in self.tasks}
+        self._checkpoints = dict(paper.checkpoints)
+
+    # -- tiny / micro profiles
+    def _prepare_tiny(self) -> None:
+        from safetensors.torch import load_file
+
+        self.image_size, self.mean, self.std = self.config["image_size"], OPENAI_MEAN, OPENAI_STD
+        if getattr(self.suite, "image_size", None) not in (None, self.image_size):
+            raise UserError(f"{self.model} ({self.profile}) expects {self.image_size}px images")
+        self.suite_prepare()
+        pre_path = self._pretrain()
+        self._pretrained = load_file(str(pre_path))
+        self.encoder = build_encoder(self.config)
+        self.encoder.load_state_dict(self._pretrained, strict=True)
+        self.mergeable_names = [n for n, _ in self.encoder.named_parameters()]
+        self._pretrained = {k: self._pretrained[k].float() for k in self.mergeable_names}
+        self._checkpoints["pretrained"] = sha256_file(pre_path)
+        heads_path = self._heads(self._checkpoints["pretrained"])
+        heads = load_file(str(heads_path))
+        self.heads = {t: heads[t].float() for t in self.tasks}
+        self._checkpoints["heads"] = sha256_file(heads_path)
+        for task in self.tasks:
+            p = self._finetune(task, self._checkpoints["pretrained"], self._checkpoints["heads"])
+            sd = load_file(str(p))
+            self._finetuned[task] = {k: sd[k].float() for k in self.mergeable_names}
+            self._checkpoints[f"finetuned/{task}"] = sha256_file(p)
+
+    def suite_prepare(self) -> None:
+        prep = getattr(self.suite, "prepare", None)
+        if callable(prep):
+            prep()
+
+    def _data_key(self) -> str:
+        key = getattr(self.suite, "data_key", None)
+        return key() if callable(key) else f"{type(self.suite).__name__}:{self.profile}"
+
+    def _pretrain(self) -> Path:
+        r = self.recipe
+        cfg = {"model": self.model, "profile": self.profile, "config": self.config, "attributes": MIXTURE_ATTRIBUTES,
+               "recipe": {k: v for k, v in asdict(r).items() if k.startswith("pretrain") or k == "warmup"}}
+        entry = self._cache().get_or_build(f"{self.model}/pretrain", cfg, self.seed, _version("pretrain"),
+                                           self._build_pretrain)
+        return entry / "pretrained.safetensors"
+
+    def _build_pretrain(self, tmp: Path) -> None:
+        from safetensors.torch import save_file
+        from tqdm.auto import tqdm
+
+        r, s = self.recipe, self.config["image_size"]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + 101)
+        with torch.no_grad():
+            imgs, attrs = generic_mixture(g, r.pretrain_images, s)
+        torch.manual_seed(self.seed)
+        enc = build_encoder(self.config)
+        e = self.config["projection_dim"]
+        heads = nn.ModuleDict({k: nn.Linear(e, c, bias=False) for k, c in MIXTURE_ATTRIBUTES.items()})
+        scale = 10.0
+        params = list(enc.parameters()) + list(heads.parameters())
+        opt = torch.optim.AdamW(params, lr=r.pretrain_lr, weight_decay=0.05)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: _cosine_lr(st, r.pretrain_steps, r.warmup))
+        pix = to_pixels(imgs, s, OPENAI_MEAN, OPENAI_STD, torch.device("cpu"))
+        order = torch.Generator().manual_seed(self.seed * 1_000_003 + 102)
+        perm = torch.randperm(len(pix), generator=order)
+        pos = 0
+        enc.train()
+        with _deterministic():
+            bar = tqdm(range(r.pretrain_steps), desc=f"pretrain {self.model} ({self.profile})", unit="step",
+                       disable=not self.progress, leave=False)
+            for _step in bar:
+                if pos + r.pretrain_batch > len(perm):
+                    perm, pos = torch.randperm(len(pix), generator=order), 0
+                idx = perm[pos : pos + r.pretrain_batch]
+                pos += r.pretrain_batch
+                z = F.normalize(enc(pix[idx]), dim=-1)
+                loss = sum(
+                    F.cross_entropy(scale * z @ F.normalize(heads[k].weight, dim=-1).T, attrs[k][idx])
+                    for k in MIXTURE_ATTRIBUTES
+                ) / len(MIXTURE_ATTRIBUTES)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        enc.eval()
+        save_file({k: v.detach().contiguous() for k, v in enc.state_dict().items()}, str(tmp / "pretrained.safetensors"))
+
+    def _heads(self, pretrained_sha: str) -> Path:
+        cfg = {"model": self.model, "profile": self.profile, "pretrained": pretrained_sha, "data": self._data_key(),
+               "shots": self.recipe.head_shots, "logit_scale": self.recipe.logit_scale, "tasks": self.tasks}
+        entry = self._cache().get_or_build(f"{self.model}/heads", cfg, self.seed, _version("heads"), self._build_heads)
+        return entry / "heads.safetensors"
+
+    def _build_heads(self, tmp: Path) -> None:
+        from safetensors.torch import save_file
+
+        r = self.recipe
+        out = {}
+        with torch.no_grad():
+            for task in self.tasks:
+                data = self.suite.load(task, "train")
+                n_cls = len(data.classes or []) or int(data.targets.max()) + 1
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + _stable_hash(task) + 7)
+                protos = []
+                for c in range(n_cls):
+                    cand = (data.targets == c).nonzero().flatten()
+                    pick = cand[torch.randperm(len(cand), generator=g)[: r.head_shots]]
+                    x = to_pixels(data.inputs[pick], self.image_size, self.mean, self.std, torch.device("cpu"))
+                    z = F.normalize(self.encoder(x), dim=-1).mean(0)
+                    protos.append(F.normalize(z, dim=0))
+                out[task] = (torch.stack(protos) * r.logit_scale).contiguous()
+        save_file(out, str(tmp / "heads.safetensors"))
+
+    def _finetune(self, task: str, pretrained_sha: str, heads_sha: str) -> Path:
+        r = self.recipe
+        cfg = {"model": self.model, "profile": self.profile, "config": self.config,
+               "recipe": {k: v for k, v in asdict(r).items() if k.startswith("finetune") or k == "warmup"},
+               "pretrained": pretrained_sha, "heads": heads_sha, "data": self._data_key(), "task": task}
+        entry = self._cache().get_or_build(
+            f"{self.model}/finetune/{task}", cfg, self.seed, _version("finetune"),
+            lambda tmp: self._build_finetune(task, tmp),
+        )
+        return entry / "finetuned.safetensors"
+
+    def _build_finetune(self, task: str, tmp: Path) -> None:
+        from safetensors.torch import save_file
+        from tqdm.auto import tqdm
+
+        r = self.recipe
+        data = self.suite.load(task, "train")
+        pix = to_pixels(data.inputs, self.image_size, self.mean, self.std, torch.device("cpu"))
+        y = data.targets
+        head = self.heads[task].detach()
+        torch.manual_seed(self.seed * 1_000_003 + _stable_hash(task))
+        enc = build_encoder(self.config)
+        enc.load_state_dict(self._pretrained_full(), strict=True)
+        opt = torch.optim.AdamW(enc.parameters(), lr=r.finetune_lr, weight_decay=r.finetune_wd)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: _cosine_lr(st, r.finetune_steps, r.warmup))
+        order = torch.Generator().manual_seed(self.seed * 1_000_003 + _stable_hash(task) + 3)
+        perm, pos = torch.randperm(len(y), generator=order), 0
+        enc.train()
+        with _deterministic():
+            bar = tqdm(range(r.finetune_steps), desc=f"fine-tune {self.model} on {task}", unit="step",
+                       disable=not self.progress, leave=False)
+            for _step in bar:
+                if pos + r.finetune_batch > len(perm):
+                    perm, pos = torch.randperm(len(y), generator=order), 0
+                idx = perm[pos : pos + r.finetune_batch]
+                pos += r.finetune_batch
+                logits = F.normalize(enc(pix[idx]), dim=-1) @ head.T
+                loss = F.cross_entropy(logits, y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        enc.eval()
+        save_file({k: v.detach().contiguous() for k, v in enc.state_dict().items()}, str(tmp / "finetuned.safetensors"))
+
+    def _pretrained_full(self) -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in self.encoder.state_dict().items()}
+
+
+@BACKBONES.register(
+    "clip_vit_b32",
+    summary="CLIP ViT-B/32 image encoder (transformers), frozen zero-shot heads; tiny: in-house 32px ViT, patch 8",
+    paper="Radford et al. 2021 (CLIP); fine-tuned checkpoints of Ilharco et al. 2023 / FusionBench (tanganke/*)",
+    suites=("vision8",),
+    default_suite="vision8",
+)
+class ClipViTB32(ClipViT):
+    model = "clip_vit_b32"
+
+
+@BACKBONES.register(
+    "clip_vit_l14",
+    summary="CLIP ViT-L/14 image encoder (transformers), frozen zero-shot heads; tiny: in-house 32px ViT, patch 4",
+    paper="Radford et al. 2021 (CLIP); fine-tuned checkpoints of Ilharco et al. 2023 / FusionBench (tanganke/*)",
+    suites=("vision8",),
+    default_suite="vision8",
+)
+class ClipViTL14(ClipViT):
+    model = "clip_vit_l14"
