@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Mapping, Sequence
 
-import torch
 from torch import Tensor
 
 from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, StaticModel
