@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, TaskConditionedModel
 from benchmark.registry import METHODS, Param
+from methods._switch import knob, p_spar_mask
 from methods.codecs._sparse import SparseCodes
 
 BIT_WIDTHS = (1, 2, 4, 8)
@@ -172,19 +173,6 @@ def loss_cka(student: Tensor, teacher: Tensor) -> Tensor:
 PER_LOSSES = {"kl": loss_kl, "mse": loss_mse, "cka": loss_cka}
 
 
-def p_spar_mask(tau: Tensor, alpha: float) -> Tensor:
-    """T-Switch's P-Spar (Eq. 2): keep the top (1 - alpha) of the positive and of the negative entries."""
-    mask = torch.zeros_like(tau, dtype=torch.bool)
-    for sign in (1, -1):
-        vals = (sign * tau)[sign * tau > 0]
-        keep = int(round((1 - alpha) * vals.numel()))
-        if keep <= 0:
-            continue
-        thr = torch.topk(vals, keep, sorted=True).values[-1]
-        mask |= sign * tau >= thr
-    return mask
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Learning one task's switch
 
@@ -257,7 +245,7 @@ def learn_task_switch(
     if use_bas:
         groups.append({"params": [w], "lr": cfg.lr_bas})
     opt = torch.optim.Adam(groups)
-    fixed_mask = {k: p_spar_mask(taus[k], cfg.alpha).to(taus[k].dtype) for k in keys} if not use_lgs else None
+    fixed_mask = {k: p_spar_mask(taus[k], cfg.alpha).reshape(taus[k].shape).to(taus[k].dtype) for k in keys} if not use_lgs else None
     q_levels = (
         {k: torch.stack([quantize(taus[k], rs[k], b, cfg.quantizer) for b in BIT_WIDTHS]) for k in keys}
         if use_bas
@@ -303,9 +291,7 @@ def learn_task_switch(
                 mask = fixed_mask[k].reshape(-1) > 0
             if cfg.variant == "lgs":  # T-Switch B-Approx on the learned mask: sign bit and Eq. 3 knob
                 levels = (tau[mask] > 0).to(torch.long)
-                n_act = int(mask.sum())
-                beta = float(tau[mask].norm() / math.sqrt(n_act)) if n_act else 0.0
-                out[k] = LearnedModule(mask, 1, levels, beta, -2.0, 2.0)
+                out[k] = LearnedModule(mask, 1, levels, knob(tau[mask]), -2.0, 2.0)
                 continue
             bits = BIT_WIDTHS[int(w[i].argmax())] if use_bas else 1
             levels = quant_index(tau[mask], rs[k], bits, cfg.quantizer)
