@@ -8,7 +8,7 @@ is one model's size (~350 MB at 88M float32), so that is the floor of the growth
 on a shared machine.
 
     .venv/bin/python benchmarks/static_merge_time.py              # ~88M parameters x 8 tasks (needs ~5 GB RAM)
-    .venv/bin/python benchmarks/static_merge_time.py --params 5e6 --repeats 3
+    .venv/bin/python benchmarks/static_merge_time.py --params 5e6 --repeats 3 --threads 1
     .venv/bin/python benchmarks/static_merge_time.py --compare-kth  # also time the global top-k threshold choices
 """
 from __future__ import annotations
@@ -157,9 +157,13 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's); 1 gives steadier figures on a loaded machine")
     ap.add_argument("--compare-kth", action="store_true", help="time the global top-k threshold alternatives")
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load0 = f"{os.getloadavg()[0]:.2f}"
     shapes = scaled_shapes(args.params)
     n = sum(torch.Size(s).numel() for s in shapes.values())
