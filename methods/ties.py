@@ -59,7 +59,7 @@ from methods.task_arithmetic import as_vector_list, lazy_task_vectors
 TOPK_SCOPES = ("global", "per_tensor")
 MERGE_FUNCS = ("dis-mean", "dis-sum", "dis-max")
 
-Thresholds = dict[str, "Tensor | None"]  # key -> threshold on |tau| (None: keep everything)
+Thresholds = dict[str, "float | None"]  # key -> threshold on |tau| (None: keep everything)
 
 
 def _merge_func(name: str) -> str:
@@ -81,10 +81,12 @@ def _numel(tv: Mapping[str, Tensor], key: str) -> int:
     return f(key) if callable(f) else tv[key].numel()
 
 
-def kth_threshold(abs_values: Tensor, topk: float) -> Tensor | None:
+def kth_threshold(abs_values: Tensor, topk: float) -> float | None:
     """The reference's trim threshold for one flat vector of magnitudes: the ``(d - int(d * topk/100))``-th smallest
     value (1-based), or ``None`` when everything is kept. ``abs_values`` is reordered in place (it is a scratch
-    buffer)."""
+    buffer). A Python float holds the value exactly (it is one of the tensor's entries); floats rather than 0-dim
+    tensors also keep a thousand long-lived tiny allocations from fragmenting the heap between the big temporaries
+    (with 0-dim tensors the per-tensor scope grew RSS by ~4.5 GB at 88M parameters)."""
     d = abs_values.numel()
     kth = d - int(d * (topk / 100))
     if kth <= 0:
@@ -94,10 +96,10 @@ def kth_threshold(abs_values: Tensor, topk: float) -> Tensor | None:
         buf = buf.to("cpu", torch.float32)
     arr = buf.numpy()  # shares memory with buf
     arr.partition(kth - 1)  # introselect, O(d), in place
-    return torch.tensor(arr[kth - 1], dtype=abs_values.dtype)
+    return float(arr[kth - 1])
 
 
-def trim(t: Tensor, threshold: Tensor | None) -> Tensor:
+def trim(t: Tensor, threshold: float | None) -> Tensor:
     """Zero the entries below the threshold (``t * (|t| >= thr)``, the reference's masking)."""
     return t if threshold is None else t * (t.abs() >= threshold)
 
