@@ -12,6 +12,9 @@ Layout (DESIGN.md, "Leaderboard"), one table per (profile, backbone, suite), lik
 * Method = the registry name plus every parameter that differs from the registered default (all parameters when
   the method is not registered here). Runs of the same (method, parameters) with several seeds are one row with
   the mean of every column and "· N seeds"; no seed is ever picked.
+* Hyperparameter grids: when a method has two or more settings run with ``--eval-val`` (every run records
+  ``val_average``), only the setting with the best mean *validation* average is shown, labelled "· best of N by
+  val" (:func:`select_by_val`); test scores never choose a row. Settings without val scores are all shown.
 * Scores are the records' (percent, 2 decimals). Storage is the measured size of the artifact file the method keeps
   besides the pretrained model, MB = 10^6 bytes (2 decimals; 3 significant digits below 0.1 MB).
 * Per score column (tasks and AVG), the best value is **bold** and the second best <u>underlined</u>, among *our*
@@ -58,6 +61,7 @@ __all__ = [
     "format_storage",
     "load_paper_results",
     "mark_best",
+    "select_by_val",
     "method_label",
     "paper_task_name",
     "render_markdown",
@@ -407,6 +411,30 @@ def build_tables(
     return tables
 
 
+def select_by_val(
+    groups: Mapping[tuple[str, str], list[Mapping[str, Any]]],
+) -> tuple[dict[tuple[str, str], list[Mapping[str, Any]]], dict[tuple[str, str], int]]:
+    """Hyperparameter selection on the *validation* split, never the test split.
+
+    ``groups`` maps (method, parameter key) to its runs. Among a method's settings whose every run has a
+    ``val_average`` (runs made with ``--eval-val``), only the one with the best mean ``val_average`` is kept, when
+    there are at least two; ties go to the first setting in record order. Settings without val scores are kept
+    as they are. Returns the kept groups and, for each picked setting, how many settings it was picked from."""
+    scored: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for key, runs in groups.items():
+        if runs and all(isinstance(r.get("val_average"), (int, float)) for r in runs):
+            scored[key[0]].append(key)
+    drop: set[tuple[str, str]] = set()
+    picked: dict[tuple[str, str], int] = {}
+    for keys in scored.values():
+        if len(keys) < 2:
+            continue
+        best = max(keys, key=lambda k: (_mean([float(r["val_average"]) for r in groups[k]]), -keys.index(k)))
+        picked[best] = len(keys)
+        drop.update(k for k in keys if k != best)
+    return {k: v for k, v in groups.items() if k not in drop}, picked
+
+
 def _build_table(profile, backbone, suite, recs, paper, defaults, task_order) -> Table:
     ptable = _paper_table(backbone, suite, paper) if profile == "paper" else []
     order = task_order(suite, profile)
@@ -425,8 +453,9 @@ def _build_table(profile, backbone, suite, recs, paper, defaults, task_order) ->
     for r in recs:
         key = (r["method"], repr(sorted((k, repr(v)) for k, v in r["params"].items())))
         groups.setdefault(key, []).append(r)
+    groups, picked_of = select_by_val(groups)
     ours: list[tuple[tuple, Row, list[PaperRow]]] = []
-    for (method, _), runs in groups.items():
+    for (method, pkey), runs in groups.items():
         label = method_label(method, runs[0]["params"], defaults(method))
         seeds = sorted({r["seed"] for r in runs}, key=repr)
         suffix = ""
@@ -434,6 +463,8 @@ def _build_table(profile, backbone, suite, recs, paper, defaults, task_order) ->
             suffix = f" · {len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
             if len(runs) > len(seeds):
                 suffix += f", {len(runs)} runs"
+        if (method, pkey) in picked_of:
+            suffix += f" · best of {picked_of[(method, pkey)]} by val"
         scores = {}
         for t in tasks:
             vals = [float(r["metrics"][t]) for r in runs if t in r["metrics"]]

@@ -234,6 +234,24 @@ def test_seeds_are_averaged_never_the_best_picked():
     assert md_row(lb.render_table(t), "m · 3 seeds")[3] == "**75.00**"
 
 
+def test_grid_rows_are_picked_by_val_never_by_test():
+    def rec(lam, val, test, seed=0):
+        r = make_record("m", seed=seed, params={"lam": lam}, metrics={"t": test})
+        r["val_metrics"], r["val_average"] = {"t": val}, val
+        return r
+
+    # lam=0.5 has the best test score but the worst val score: it must not be shown
+    recs = [rec(0.1, 60.0, 50.0), rec(0.2, 70.0, 55.0), rec(0.2, 72.0, 57.0, seed=1), rec(0.5, 40.0, 90.0)]
+    recs.append(make_record("m", params={"lam": 0.9}, metrics={"t": 20.0}))  # no val scores: always shown
+    recs.append(rec(0.3, 10.0, 10.0) | {"method": "other", "run_id": "o"})  # a single setting: no selection
+    (t,) = lb.build_tables(recs, paper=[], defaults=lambda m: {"lam": 0.3}, task_order=no_order)
+    labels = [r.label for r in t.rows]
+    assert "m (lam=0.2) · 2 seeds · best of 3 by val" in labels
+    assert not any("lam=0.1" in x or "lam=0.5" in x for x in labels)
+    assert row(t, "m (lam=0.2) · 2 seeds · best of 3 by val").scores["t"] == pytest.approx(56.0)
+    assert "m (lam=0.9)" in labels and "other" in labels
+
+
 def test_labels_show_non_default_params():
     defaults = {"lam": 0.3, "topk": 20.0, "loss": "kl", "flag": True, "n": None}
     assert lb.method_label("ties", {"lam": 0.3, "topk": 20.0, "loss": "kl"}, defaults) == "ties"
