@@ -266,15 +266,15 @@ def gen_housenum(g: torch.Generator, n: int, s: int, split: str, seed: int) -> t
     # digit colour: hue anywhere, but luminance clearly away from the background's
     bg_c, fg = _contrasting(g, n, 0.3)
     bg = (_flat(bg_c, s) * (0.75 + 0.5 * _smooth_noise(g, n, s, 4))).clamp(0, 1)
-    scale = _u(g, n, 0.6, 0.8)
+    scale = _u(g, n, 0.7, 0.9)
     img = bg
     for side in (-1.0, 1.0):  # cropped distractor digits left and right, same colour (as house numbers are)
         d_lab = torch.randint(10, (n,), generator=g)
         d_src = _draw_digits(g, pool, d_lab)
-        keep = _u(g, n) < 0.8
-        dm = _warp(d_src, s, scale, _u(g, n, -0.15, 0.15), side * _u(g, n, 0.6, 0.75), _u(g, n, -0.1, 0.1))
+        keep = _u(g, n) < 0.6
+        dm = _warp(d_src, s, scale, _u(g, n, -0.15, 0.15), side * _u(g, n, 0.75, 0.9), _u(g, n, -0.1, 0.1))
         img = _paint(img, dm * _col(keep.float()), fg)
-    m = _warp(src := _draw_digits(g, pool, y), s, scale, _u(g, n, -0.2, 0.2), _u(g, n, -0.08, 0.08), _u(g, n, -0.1, 0.1))
+    m = _warp(src := _draw_digits(g, pool, y), s, scale, _u(g, n, -0.15, 0.15), _u(g, n, -0.06, 0.06), _u(g, n, -0.08, 0.08))
     del src
     img = _paint(img, m, fg)
     return _finish(img, g, 0.05), y
