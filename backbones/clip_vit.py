@@ -657,7 +657,7 @@ class ClipViT(Backbone):
     def _finetune(self, task: str, pretrained_sha: str, heads_sha: str) -> Path:
         r = self.recipe
         cfg = {"model": self.model, "profile": self.profile, "config": self.config,
-               "recipe": {k: v for k, v in asdict(r).items() if k.startswith("finetune") or k == "warmup"},
+               "recipe": {k: v for k, v in asdict(r).items() if k.startswith(("finetune", "distill")) or k == "warmup"},
                "pretrained": pretrained_sha, "heads": heads_sha, "data": self._data_key(), "task": task}
         entry = self._cache().get_or_build(
             f"{self.model}/finetune/{task}", cfg, self.seed, _version("finetune"),

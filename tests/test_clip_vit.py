@@ -159,6 +159,37 @@ def test_cache_is_reused(bb, monkeypatch):
     assert again.checkpoints() == bb.checkpoints()
 
 
+def test_every_recipe_field_reaches_a_cache_key(bb, monkeypatch):
+    """Changing any recipe field must change some stage's cache key (a field left out of every key let two
+    fine-tuning recipes share one cached checkpoint)."""
+    import dataclasses
+
+    def keys(recipe):
+        seen = []
+        real = Cache.get_or_build
+
+        def spy(self, name, config, seed, version, build):
+            seen.append((name, repr(config)))
+            return real(self, name, config, seed, version, build)
+
+        with monkeypatch.context() as m:
+            m.setitem(cv.RECIPES, "micro", recipe)
+            m.setattr(Cache, "get_or_build", spy)
+            b = _make("clip_vit_b32", bb.cache)
+            b._pretrain()
+            b._heads("p")
+            b._finetune("digits", "p", "h")
+        return seen
+
+    base = cv.RECIPES["micro"]
+    monkeypatch.setattr(Cache, "get_or_build", lambda self, name, config, seed, version, build: Path("/nonexistent"))
+    reference = keys(base)
+    for f in dataclasses.fields(base):
+        v = getattr(base, f.name)
+        changed = dataclasses.replace(base, **{f.name: v + 1 if isinstance(v, int) else v * 2 + 0.5})
+        assert keys(changed) != reference, f"recipe field {f.name} is in no cache key"
+
+
 def test_pretraining_is_deterministic(bb, tmp_path):
     """A fresh cache rebuilds a bit-identical pretrained checkpoint."""
     fresh = _make("clip_vit_b32", Cache(tmp_path))
