@@ -128,6 +128,7 @@ class Pool:
     finetuned: dict[str, StateDict]
     ops: ModelOps | None = None
     seed: int = 0
+    progress: bool = True  # whether long method work (training loops) may show progress bars (`run --no-progress`)
 
     def task_vectors(self) -> dict[str, StateDict]:
         return task_vectors(self.pretrained, {t: self.finetuned[t] for t in self.tasks})

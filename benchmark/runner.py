@@ -201,6 +201,7 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path]:
         finetuned={t: backbone.finetuned_state(t) for t in tasks},
         ops=backbone.ops(),
         seed=spec.seed,
+        progress=spec.progress,
     )
     method: Method = res.method.obj(**res.params)
     h = config_hash(spec.method, res.params, spec.backbone, res.suite.name, spec.profile, spec.seed)

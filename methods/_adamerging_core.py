@@ -167,7 +167,7 @@ class AdaMergingBase(Method):
         vectors = self.vectors(pool)
         coeffs, summary = adapt_coefficients(
             pool, vectors, p["granularity"], p["init"], p["lr"], p["steps"], p["batch_size"], p["batches_per_step"],
-            p["adapt_split"], p["adapt_examples"], p["clamp"],
+            p["adapt_split"], p["adapt_examples"], p["clamp"], pool.progress,
         )
         with torch.no_grad():
             merged = fuse(pool.pretrained, vectors, coeffs)

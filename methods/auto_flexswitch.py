@@ -153,7 +153,7 @@ class AutoFlexSwitch(Method):
     def merge(self, pool: Pool) -> Artifacts:
         p = self.params
         arts = Artifacts()
-        history = learn_switches(pool, p, arts)
+        history = learn_switches(pool, p, arts, pool.progress)
         feats, labels = [], []
         for ti, task in enumerate(pool.tasks):
             x = pool.ops.exemplars(task, p["n_exemplars"], exemplar_seed(pool, ti))

@@ -460,7 +460,7 @@ class FlexSwitch(Method):
 
     def merge(self, pool: Pool) -> Artifacts:
         arts = Artifacts()
-        learn_switches(pool, self.params, arts)
+        learn_switches(pool, self.params, arts, pool.progress)
         return arts
 
     def load(self, artifacts: Mapping[str, Any], pretrained: StateDict, tasks: Sequence[str]) -> Merged:

@@ -195,3 +195,11 @@ def test_heatmap_is_written_and_byte_stable(tmp_path):
     first = a.read_bytes()
     b = fs.heatmap(summary, tmp_path / "x", "run")
     assert a == b and b.read_bytes() == first and first[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_progress_silences_the_training_bars(capsys):
+    """`run --no-progress` reaches the method through Pool.progress: no per-task bars on stderr."""
+    pool = toy_pool()
+    pool.progress = False
+    METHODS.get("flexswitch").obj(**_small(steps=3)).merge(pool)
+    assert "flexswitch" not in capsys.readouterr().err
