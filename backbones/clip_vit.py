@@ -448,7 +448,7 @@ def _version(stage: str = "all") -> str:
         return code_version(*common, ClipViT._build_heads)
     if stage == "finetune":
         return code_version(*common, *_DRAWING, _v8._luma, _colour_and_hue, _figure_bank, _segment_distance,
-                            generic_mixture, ClipViT._build_finetune, ClipViT._pretrained_full)
+                            generic_mixture, ClipViT._build_finetune, ClipViT._distill_set, ClipViT._pretrained_full)
     return code_version(sys.modules[__name__])
 
 
@@ -468,6 +468,7 @@ class ClipViT(Backbone):
             self.device = torch.device("cuda" if profile == "paper" and torch.cuda.is_available() else "cpu")
         self._prepared = False
         self._ops: ClipOps | None = None
+        self._distill: tuple[Tensor, Tensor] | None = None
         self.encoder: nn.Module
         self.heads: dict[str, Tensor] = {}
         self._pretrained: dict[str, Tensor] = {}
@@ -674,12 +675,7 @@ class ClipViT(Backbone):
         pix = to_pixels(data.inputs, self.image_size, self.mean, self.std, torch.device("cpu"))
         y = data.targets
         head = self.heads[task].detach()
-        # the generic images and their pretrained embeddings, which the preservation term holds the encoder to
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 211)
-        with torch.no_grad():
-            generic, _ = generic_mixture(gen, r.distill_images, self.image_size, self.seed)
-            generic = to_pixels(generic, self.image_size, self.mean, self.std, torch.device("cpu"))
-            anchor = F.normalize(self.encoder.cpu()(generic), dim=-1)
+        generic, anchor = self._distill_set()
         torch.manual_seed(self.seed * 1_000_003 + _stable_hash(task))
         enc = build_encoder(self.config)
         enc.load_state_dict(self._pretrained_full(), strict=True)
@@ -709,6 +705,17 @@ class ClipViT(Backbone):
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         enc.eval()
         save_file({k: v.detach().contiguous() for k, v in enc.state_dict().items()}, str(tmp / "finetuned.safetensors"))
+
+    def _distill_set(self) -> tuple[Tensor, Tensor]:
+        """The generic images and their pretrained embeddings, which the preservation term holds every task's
+        fine-tuning to. The same for all tasks, so built once per adapter."""
+        if self._distill is None:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 211)
+            with torch.no_grad():
+                generic, _ = generic_mixture(gen, self.recipe.distill_images, self.image_size, self.seed)
+                generic = to_pixels(generic, self.image_size, self.mean, self.std, torch.device("cpu"))
+                self._distill = (generic, F.normalize(self.encoder.cpu()(generic), dim=-1))
+        return self._distill
 
     def _pretrained_full(self) -> dict[str, Tensor]:
         return {k: v.detach().clone() for k, v in self.encoder.state_dict().items()}
