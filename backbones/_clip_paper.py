@@ -76,6 +76,7 @@ from torch import Tensor, nn
 
 from benchmark.cache import sha256_file
 from benchmark.errors import UserError
+from backbones.clip_vit import ImageEncoder
 from tasks._vision_paper import DATASETS, TemplateSource, clip_templates
 
 __all__ = [
@@ -135,19 +136,9 @@ class PaperCLIP:
         return F.normalize(embeddings, dim=-1) @ head.T
 
 
-class CLIPVisionEncoder(nn.Module):
-    """transformers CLIP vision tower + visual projection: ``pixel_values [B,3,H,W] -> image embeddings [B,e]``
-    (the same as ``CLIPModel.get_image_features``). Parameter names: ``vision_model.*``, ``visual_projection.*``."""
-
-    def __init__(self, vision_model: nn.Module, visual_projection: nn.Module):
-        super().__init__()
-        self.vision_model = vision_model
-        self.visual_projection = visual_projection
-
-    def forward(self, pixel_values: Tensor) -> Tensor:
-        out = self.vision_model(pixel_values=pixel_values)
-        pooled = out.pooler_output if hasattr(out, "pooler_output") else out[1]
-        return self.visual_projection(pooled)
+#: transformers CLIP vision tower + visual projection (``CLIPModel.get_image_features``): the tiny profile's encoder
+#: class, so both profiles run the same module and parameter names (``vision_model.*``, ``visual_projection.*``).
+CLIPVisionEncoder = ImageEncoder
 
 
 # ----------------------------------------------------------------------------------------------------------------

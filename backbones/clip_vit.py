@@ -439,9 +439,10 @@ _DRAWING = (_v8._u, _v8._hsv, _v8._grid, _v8._rot, _v8._flat, _v8._paint, _v8._s
             _v8._soft, _v8._warp, _v8._finish, _v8._col)
 
 
-def _version(stage: str = "all") -> str:
-    """Source of what shapes a cached stage (so editing, say, the fine-tuning loop keeps the pretrained model)."""
-    common = (ImageEncoder, build_encoder, to_pixels, _cosine_lr, _deterministic, _stable_hash, sincos_position_init)
+def _version(stage: str = "all", model_parts: tuple = (build_encoder, sincos_position_init)) -> str:
+    """Source of what shapes a cached stage (so editing, say, the fine-tuning loop keeps the pretrained model).
+    ``model_parts``: the functions that build and initialize the encoder (a subclass adapter passes its own)."""
+    common = (ImageEncoder, *model_parts, to_pixels, _cosine_lr, _deterministic, _stable_hash)
     if stage == "pretrain":
         return code_version(*common, augment, ClipViT._build_pretrain)
     if stage == "heads":
@@ -453,14 +454,37 @@ def _version(stage: str = "all") -> str:
 
 
 class ClipViT(Backbone):
-    """See the module docstring. ``model`` is set by the registered subclasses."""
+    """See the module docstring. ``model`` is set by the registered subclasses.
+
+    The tiny/micro machinery (label-free pretraining, prototype heads, preservation fine-tuning, ModelOps) only
+    needs an encoder mapping normalized pixels to embeddings, so another image backbone reuses it by overriding
+    :attr:`configs`, :attr:`pixel_mean` / :attr:`pixel_std`, :meth:`new_encoder`, :meth:`model_parts` and
+    :meth:`_prepare_paper` (``backbones.convnext`` does)."""
 
     model: str = ""
+    pixel_mean: tuple = OPENAI_MEAN
+    pixel_std: tuple = OPENAI_STD
+
+    @property
+    def configs(self) -> dict[str, dict[str, Any]]:
+        """Model config per generated profile."""
+        return CONFIGS[self.model]
+
+    def new_encoder(self, init: bool = False) -> nn.Module:
+        """A fresh encoder at this profile's config; ``init=True`` for the one pretraining starts from."""
+        enc = build_encoder(self.config)
+        if init:
+            sincos_position_init(enc)
+        return enc
+
+    def model_parts(self) -> tuple:
+        """The functions :meth:`new_encoder` runs (their source is part of every cached stage's key)."""
+        return (build_encoder, sincos_position_init)
 
     def __init__(self, profile: str, suite: Any, seed: int = 0, cache: Any = None, progress: bool = True):
         super().__init__(profile, suite, seed, cache, progress)
-        if profile != "paper" and profile not in CONFIGS[self.model]:
-            raise UserError(f"backbone {self.model} has no profile {profile!r}; valid: paper, {', '.join(CONFIGS[self.model])}")
+        if profile != "paper" and profile not in self.configs:
+            raise UserError(f"backbone {self.model} has no profile {profile!r}; valid: paper, {', '.join(self.configs)}")
         dev = os.environ.get(DEVICE_ENV_VAR)
         if dev:
             self.device = torch.device(dev)
@@ -479,7 +503,7 @@ class ClipViT(Backbone):
     # -- configuration
     @property
     def config(self) -> dict[str, int]:
-        return dict(CONFIGS[self.model][self.profile])
+        return dict(self.configs[self.profile])
 
     @property
     def recipe(self) -> Recipe:
@@ -533,7 +557,7 @@ class ClipViT(Backbone):
         return self._ops
 
     def versions(self) -> dict[str, str]:
-        return {"clip_vit": _version()}  # the adapter's source hash
+        return {self.model: _version("all", self.model_parts())}  # the adapter's source hash
 
     # -- paper profile
     def _prepare_paper(self) -> None:
@@ -554,13 +578,14 @@ class ClipViT(Backbone):
     def _prepare_tiny(self) -> None:
         from safetensors.torch import load_file
 
-        self.image_size, self.mean, self.std = self.config["image_size"], OPENAI_MEAN, OPENAI_STD
+        self.image_size = self.config.get("image_size", getattr(self.suite, "image_size", None))
+        self.mean, self.std = self.pixel_mean, self.pixel_std
         if getattr(self.suite, "image_size", None) not in (None, self.image_size):
             raise UserError(f"{self.model} ({self.profile}) expects {self.image_size}px images")
         self.suite_prepare()
         pre_path = self._pretrain()
         self._pretrained = load_file(str(pre_path))
-        self.encoder = build_encoder(self.config)
+        self.encoder = self.new_encoder()
         self.encoder.load_state_dict(self._pretrained, strict=True)
         self.mergeable_names = [n for n, _ in self.encoder.named_parameters()]
         self._pretrained = {k: self._pretrained[k].float() for k in self.mergeable_names}
@@ -589,8 +614,8 @@ class ClipViT(Backbone):
         cfg = {"model": self.model, "profile": self.profile, "config": self.config, "data": self._data_key(),
                "tasks": self.tasks,
                "recipe": {k: v for k, v in asdict(r).items() if k.startswith("pretrain") or k == "warmup"}}
-        entry = self._cache().get_or_build(f"{self.model}/pretrain", cfg, self.seed, _version("pretrain"),
-                                           self._build_pretrain)
+        entry = self._cache().get_or_build(f"{self.model}/pretrain", cfg, self.seed,
+                                           _version("pretrain", self.model_parts()), self._build_pretrain)
         return entry / "pretrained.safetensors"
 
     def _build_pretrain(self, tmp: Path) -> None:
@@ -600,12 +625,11 @@ class ClipViT(Backbone):
         r = self.recipe
         # the unlabeled union of the tasks' train images; their labels are never read
         images = torch.cat([self.suite.load(t, "train").inputs for t in self.tasks]).float().div_(255.0)
-        mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+        mean = torch.tensor(self.pixel_mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.pixel_std).view(1, 3, 1, 1)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + 101)
         torch.manual_seed(self.seed)
-        enc = build_encoder(self.config)
-        sincos_position_init(enc)
+        enc = self.new_encoder(init=True)
         opt = torch.optim.AdamW(enc.parameters(), lr=r.pretrain_lr, weight_decay=0.05)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: _cosine_lr(st, r.pretrain_steps, r.warmup))
         n = r.pretrain_batch
@@ -632,7 +656,8 @@ class ClipViT(Backbone):
     def _heads(self, pretrained_sha: str) -> Path:
         cfg = {"model": self.model, "profile": self.profile, "pretrained": pretrained_sha, "data": self._data_key(),
                "shots": self.recipe.head_shots, "logit_scale": self.recipe.logit_scale, "tasks": self.tasks}
-        entry = self._cache().get_or_build(f"{self.model}/heads", cfg, self.seed, _version("heads"), self._build_heads)
+        entry = self._cache().get_or_build(f"{self.model}/heads", cfg, self.seed, _version("heads", self.model_parts()),
+                                           self._build_heads)
         return entry / "heads.safetensors"
 
     def _build_heads(self, tmp: Path) -> None:
@@ -661,7 +686,7 @@ class ClipViT(Backbone):
                "recipe": {k: v for k, v in asdict(r).items() if k.startswith(("finetune", "distill")) or k == "warmup"},
                "pretrained": pretrained_sha, "heads": heads_sha, "data": self._data_key(), "task": task}
         entry = self._cache().get_or_build(
-            f"{self.model}/finetune/{task}", cfg, self.seed, _version("finetune"),
+            f"{self.model}/finetune/{task}", cfg, self.seed, _version("finetune", self.model_parts()),
             lambda tmp: self._build_finetune(task, tmp),
         )
         return entry / "finetuned.safetensors"
@@ -677,7 +702,7 @@ class ClipViT(Backbone):
         head = self.heads[task].detach()
         generic, anchor = self._distill_set()
         torch.manual_seed(self.seed * 1_000_003 + _stable_hash(task))
-        enc = build_encoder(self.config)
+        enc = self.new_encoder()
         enc.load_state_dict(self._pretrained_full(), strict=True)
         opt = torch.optim.AdamW(enc.parameters(), lr=r.finetune_lr, weight_decay=r.finetune_wd)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: _cosine_lr(st, r.finetune_steps, r.warmup))

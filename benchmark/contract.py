@@ -109,6 +109,11 @@ class ModelOps(Protocol):
         them when ``n`` is None), in a seeded random order; never labels. Only test-time adaptation methods use it
         (AdaMerging / AdaMerging++ minimize prediction entropy on the unlabeled test inputs, as their paper does)."""
 
+    def predict(self, task: str, weights: StateDict | None, inputs: Any) -> Any:
+        """Optional (the runner checks with ``getattr``). What ``task``'s metric consumes, when that is more than the
+        logits: a detector returns its post-processed boxes, scores and labels per image. Without it the runner
+        feeds :meth:`logits` to the metric."""
+
     def num_examples(self, inputs: Any) -> int:
         """How many examples ``inputs`` holds."""
 

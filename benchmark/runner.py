@@ -125,6 +125,8 @@ def evaluate(
     """Evaluate ``merged`` on every task's ``split``. Also times a plain forward of the pretrained model on the
     same batches, side by side, for the inference-time ratio."""
     ops = backbone.ops()
+    # what the suite's metric consumes: the logits, unless the adapter predicts something richer (boxes)
+    predict = getattr(ops, "predict", None) or ops.logits
     tasks = backbone.tasks
     metrics: dict[str, float] = {}
     metric_names: dict[str, str] = {}
@@ -138,16 +140,16 @@ def evaluate(
         for x, y in backbone.batches(task, split, batch_size):
             with torch.no_grad():
                 t0 = time.perf_counter()
-                ops.logits(task, None, x)
+                predict(task, None, x)
                 t_plain += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 if isinstance(merged, StaticModel):
-                    metric.update(ops.logits(task, merged.weights(), x), y)
+                    metric.update(predict(task, merged.weights(), x), y)
                 elif isinstance(merged, TaskConditionedModel):
                     if cond_weights is None:
                         cond_weights = merged.weights(task)
                         n_builds += 1
-                    metric.update(ops.logits(task, cond_weights, x), y)
+                    metric.update(predict(task, cond_weights, x), y)
                 elif isinstance(merged, RoutedModel):
                     mix = merged.route(ops.features(merged.routing_weights(), x))
                     hits = route_hits.setdefault(task, [0, 0])
@@ -159,7 +161,7 @@ def evaluate(
                         idx = (inverse == g).nonzero().flatten()
                         weights = merged.weights(uniq[g])
                         n_builds += 1
-                        metric.update(ops.logits(task, weights, ops.slice(x, idx)), _take(y, idx))
+                        metric.update(predict(task, weights, ops.slice(x, idx)), _take(y, idx))
                 else:
                     raise TypeError(f"unknown merged model kind {type(merged).__name__}")
                 t_method += time.perf_counter() - t0

@@ -380,5 +380,16 @@ def unframe(parts: Mapping[str, Tensor], magic: bytes, version: int, what: str, 
     return buf, flags, entries
 
 
+def open_stream(parts: Mapping[str, Tensor], meta: Mapping[str, Any], magic: bytes, version: int, what: str,
+                flags_allowed: tuple[int, ...] = (0,)) -> tuple[list[str] | None, np.ndarray, int, list[Entry]]:
+    """What every sparse codec's ``decode`` starts with: the module names from ``meta``, then :func:`unframe`,
+    refusing flags the codec does not define. Returns (names, buffer, flags, entries)."""
+    names = names_from_meta(meta, what)
+    buf, flags, entries = unframe(parts, magic, version, what, 1 if names is None else len(names))
+    if flags not in flags_allowed:
+        raise StorageError(f"{what}: unknown flags {flags:#x}")
+    return names, buf, flags, entries
+
+
 def make_codes(shape: tuple[int, ...], mask: np.ndarray, codes: np.ndarray, bits: int) -> SparseCodes:
     return SparseCodes(shape, torch.from_numpy(np.ascontiguousarray(mask, dtype=bool)), torch.from_numpy(np.ascontiguousarray(codes, dtype=np.uint8)), bits)

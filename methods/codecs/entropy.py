@@ -55,7 +55,7 @@ import zstandard
 from torch import Tensor
 
 from benchmark.registry import CODECS, Param
-from benchmark.storage import Codec, StorageError
+from benchmark.storage import Codec
 from methods.codecs import _bitio as bio
 
 MAGIC = b"ENTC"
@@ -502,10 +502,7 @@ class EntropyCodec(Codec):
 
     def decode(self, parts: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Any:
         what = "entropy artifact"
-        names = bio.names_from_meta(meta, what)
-        buf, flags, entries = bio.unframe(parts, MAGIC, VERSION, what, 1 if names is None else len(names))
-        if flags:
-            raise StorageError(f"{what}: unknown flags {flags:#x}")
+        names, buf, _, entries = bio.open_stream(parts, meta, MAGIC, VERSION, what)
         out = []
         for i, e in enumerate(entries):
             r = bio.Reader(buf, f"{what}, module {i}", e.start, e.end)

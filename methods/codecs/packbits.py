@@ -19,7 +19,7 @@ import zstandard
 from torch import Tensor
 
 from benchmark.registry import CODECS, Param
-from benchmark.storage import Codec, StorageError
+from benchmark.storage import Codec
 from methods.codecs import _bitio as bio
 
 MAGIC = b"PKBT"
@@ -59,10 +59,7 @@ class PackbitsCodec(Codec):
 
     def decode(self, parts: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Any:
         what = "packbits artifact"
-        names = bio.names_from_meta(meta, what)
-        buf, flags, entries = bio.unframe(parts, MAGIC, VERSION, what, 1 if names is None else len(names))
-        if flags not in (0, FLAG_ZSTD):
-            raise StorageError(f"{what}: unknown flags {flags:#x}")
+        names, buf, flags, entries = bio.open_stream(parts, meta, MAGIC, VERSION, what, (0, FLAG_ZSTD))
         out = []
         for i, e in enumerate(entries):
             w = f"{what}, module {i}"

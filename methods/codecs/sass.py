@@ -254,10 +254,7 @@ class SassCodec(Codec):
 
     def decode(self, parts: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Any:
         what = "sass artifact"
-        names = bio.names_from_meta(meta, what)
-        buf, flags, entries = bio.unframe(parts, MAGIC, VERSION, what, 1 if names is None else len(names))
-        if flags:
-            raise StorageError(f"{what}: unknown flags {flags:#x}")
+        names, buf, _, entries = bio.open_stream(parts, meta, MAGIC, VERSION, what)
         out = []
         for i, e in enumerate(entries):
             mask, codes, _, _ = decode_module(buf[e.start : e.end], e.n, e.bits, f"{what}, module {i}")
