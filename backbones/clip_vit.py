@@ -219,17 +219,13 @@ def augment(x: Tensor, g: torch.Generator, min_area: float = 0.5) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # The generic image mixture the fine-tuning keeps the pretrained embeddings on (never any task's images)
 
-MIXTURE_FIGURES = 128  # generic "characters" of a random alphabet (formula-driven supervised pretraining)
-MIXTURE_ATTRIBUTES = {"figure": MIXTURE_FIGURES, "bg_kind": 4, "bg_hue": 7, "hue": 7, "position": 9}
+MIXTURE_FIGURES = 128  # generic "characters" of a random alphabet, which no task uses
 
 
-def _colour_and_hue(g: torch.Generator, n: int) -> tuple[Tensor, Tensor]:
-    """Random colours ``[N, 3]`` and their hue bin: 0-5 = six hue sectors, 6 = grey/dark (low saturation or value)."""
+def _colour(g: torch.Generator, n: int) -> Tensor:
+    """Random colours ``[N, 3]``: uniform hue and saturation, value in [0.15, 1]."""
     h, s, v = _v8._u(g, n), _v8._u(g, n, 0.0, 1.0), _v8._u(g, n, 0.15, 1.0)
-    rgb = _v8._hsv(h, s, v)
-    bin_ = (h * 6).long().clamp(max=5)
-    bin_ = torch.where((s < 0.25) | (v < 0.25), torch.full_like(bin_, 6), bin_)
-    return rgb, bin_
+    return _v8._hsv(h, s, v)
 
 
 def _figure_bank(seed: int, n: int = MIXTURE_FIGURES, strokes: int = 3) -> Tensor:
@@ -252,21 +248,17 @@ def _segment_distance(px: Tensor, py: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.sqrt((px - ax - t * dx) ** 2 + (py - ay - t * dy) ** 2)
 
 
-def generic_mixture(g: torch.Generator, n: int, s: int, seed: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
-    """``n`` generic images ``uint8 [n, 3, s, s]`` and their "captions" (:data:`MIXTURE_ATTRIBUTES`; the
-    fine-tuning's preservation term uses the images only): one figure of
-    a random stroke alphabet (:func:`_figure_bank`, 128 classes), randomly scaled, rotated, placed, jittered and
-    coloured, over a flat / gradient / noise / wave background, with up to two small distractor shapes. The
-    attributes are the figure's identity, the background's kind and hue, the figure's hue and its position
-    (3x3 cells)."""
+def generic_mixture(g: torch.Generator, n: int, s: int, seed: int = 0) -> Tensor:
+    """``n`` generic images ``uint8 [n, 3, s, s]``, the inputs of the fine-tuning's preservation term: one figure of
+    a random stroke alphabet (:func:`_figure_bank`, 128 figures), randomly scaled, rotated, placed, jittered and
+    coloured, over a flat / gradient / noise / wave background, with up to two small distractor shapes."""
     u = _v8._u
     col = _v8._col
     yy, xx = _v8._grid(s)
-    attrs: dict[str, Tensor] = {}
     # background
     bg_kind = torch.randint(4, (n,), generator=g)
-    c1, bg_hue = _colour_and_hue(g, n)
-    c2, _ = _colour_and_hue(g, n)
+    c1 = _colour(g, n)
+    c2 = _colour(g, n)
     ang = col(u(g, n, 0, 2 * math.pi))
     ru, _ = _v8._rot(xx, yy, ang)
     flat = _v8._flat(c1, s)
@@ -274,7 +266,6 @@ def generic_mixture(g: torch.Generator, n: int, s: int, seed: int = 0) -> tuple[
     noise = flat * (0.5 + _v8._smooth_noise(g, n, s, 4))
     waves = _v8._paint(flat, 0.3 * (0.5 + 0.5 * torch.sin(ru * col(u(g, n, 3, 10)))), c2)
     img = torch.stack([flat, grad, noise.clamp(0, 1), waves], 1)[torch.arange(n), bg_kind]
-    attrs["bg_kind"], attrs["bg_hue"] = bg_kind, bg_hue
     # distractors: small discs or squares
     for _ in range(2):
         present = col((u(g, n) < 0.5).float())
@@ -282,7 +273,7 @@ def generic_mixture(g: torch.Generator, n: int, s: int, seed: int = 0) -> tuple[
         dx, dy = xx - col(u(g, n, -0.9, 0.9)), yy - col(u(g, n, -0.9, 0.9))
         sq = col((u(g, n) < 0.5).float())
         sdf = sq * torch.maximum(dx.abs(), dy.abs()) + (1 - sq) * torch.sqrt(dx * dx + dy * dy) - r
-        img = _v8._paint(img, _v8._soft(sdf, s) * present, _colour_and_hue(g, n)[0])
+        img = _v8._paint(img, _v8._soft(sdf, s) * present, _colour(g, n))
     # the figure: its strokes, jittered, under a random similarity transform
     fig = torch.randint(MIXTURE_FIGURES, (n,), generator=g)
     seg = _figure_bank(seed)[fig] + (torch.rand(n, *_figure_bank(seed).shape[1:], generator=g) - 0.5) * 0.16
@@ -294,13 +285,11 @@ def generic_mixture(g: torch.Generator, n: int, s: int, seed: int = 0) -> tuple[
                        (si[:, None, None] * px + c[:, None, None] * py) * scale[:, None, None] + cy[:, None, None]], -1)
     dist = torch.stack([_segment_distance(xx, yy, seg[:, k, 0], seg[:, k, 1]) for k in range(seg.shape[1])]).amin(0)
     width = col(u(g, n, 0.05, 0.1))
-    fg, hue = _colour_and_hue(g, n)
+    fg = _colour(g, n)
     lum_gap = (_v8._luma(fg) - _v8._luma(c1)).abs() < 0.25
     fg[lum_gap] = (1 - c1[lum_gap]).clamp(0, 1)
     img = _v8._paint(img, _v8._soft(dist - width, s), fg)
-    attrs["figure"], attrs["hue"] = fig, hue
-    attrs["position"] = ((cy + 0.35) / 0.7 * 3).long().clamp(0, 2) * 3 + ((cx + 0.35) / 0.7 * 3).long().clamp(0, 2)
-    return _v8._finish(img, g, 0.03), attrs
+    return _v8._finish(img, g, 0.03)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -448,7 +437,7 @@ def _version(stage: str = "all", model_parts: tuple = (build_encoder, sincos_pos
     if stage == "heads":
         return code_version(*common, ClipViT._build_heads)
     if stage == "finetune":
-        return code_version(*common, *_DRAWING, _v8._luma, _colour_and_hue, _figure_bank, _segment_distance,
+        return code_version(*common, *_DRAWING, _v8._luma, _colour, _figure_bank, _segment_distance,
                             generic_mixture, ClipViT._build_finetune, ClipViT._distill_set, ClipViT._pretrained_full)
     return code_version(sys.modules[__name__])
 
@@ -737,7 +726,7 @@ class ClipViT(Backbone):
         if self._distill is None:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 211)
             with torch.no_grad():
-                generic, _ = generic_mixture(gen, self.recipe.distill_images, self.image_size, self.seed)
+                generic = generic_mixture(gen, self.recipe.distill_images, self.image_size, self.seed)
                 generic = to_pixels(generic, self.image_size, self.mean, self.std, torch.device("cpu"))
                 self._distill = (generic, F.normalize(self.encoder.cpu()(generic), dim=-1))
         return self._distill
