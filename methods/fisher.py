@@ -54,7 +54,9 @@ def _leaf_weights(weights: Mapping[str, Tensor]) -> StateDict:
 
 def _grads(out: Tensor, leaves: StateDict, **kw: Any) -> list[Tensor]:
     gs = torch.autograd.grad(out, list(leaves.values()), allow_unused=True, **kw)
-    return [torch.zeros_like(v) if g is None else g.to(v.device) for g, v in zip(gs, leaves.values())]
+    # a tensor the output does not use (a detector's box head under class logits) gets zeros, batched like the rest
+    lead = (kw["grad_outputs"].shape[0],) if kw.get("is_grads_batched") else ()
+    return [v.new_zeros(lead + v.shape) if g is None else g.to(v.device) for g, v in zip(gs, leaves.values())]
 
 
 def _one_hot_rows(idx: Tensor, n: int, like: Tensor) -> Tensor:
@@ -84,8 +86,9 @@ def _example_fisher(ops: Any, task: str, leaves: StateDict, x1: Any, budget: int
         last = s + step >= classes.numel()
         if vmappable:
             try:
+                # the graph is kept even after the last chunk: if vmapping fails, the fallback backpropagates again
                 gs = _grads(logp, leaves, grad_outputs=_one_hot_rows(idx, m, logp), is_grads_batched=True,
-                            retain_graph=not last)
+                            retain_graph=True)
                 for a, g in zip(acc, gs):
                     a.add_((g.pow(2) * weight[idx].view(-1, *[1] * (g.dim() - 1))).sum(0))
                 continue

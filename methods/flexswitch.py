@@ -162,7 +162,9 @@ def loss_mse(student: Tensor, teacher: Tensor) -> Tensor:
 
 
 def loss_cka(student: Tensor, teacher: Tensor) -> Tensor:
-    """Eq. 11: 1 - ||F^T H F^||_F^2 / (||F^T H F||_F ||F^^T H F^||_F), H the centering matrix."""
+    """Eq. 11: 1 - ||F^T H F^||_F^2 / (||F^T H F||_F ||F^^T H F^||_F), H the centering matrix. Per-query outputs
+    ``[B, Q, C]`` (detectors) count every query as a row."""
+    teacher, student = (t.reshape(-1, t.shape[-1]) for t in (teacher, student))
     fc = teacher - teacher.mean(0, keepdim=True)  # H F
     sc = student - student.mean(0, keepdim=True)
     cross = torch.linalg.matrix_norm(fc.T @ sc) ** 2

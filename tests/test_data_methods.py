@@ -575,3 +575,18 @@ def test_methods_run_through_the_runner(tmp_path, method, overrides, needs):
         assert "coefficients" in record["extra"]["adamerging"]
     if method == "twin":
         assert "routing_accuracy" in record["extra"] and record["extra"]["weight_builds"] > 3
+
+
+def test_fisher_of_a_tensor_the_logits_do_not_use_is_zero():
+    """A detector's box head never reaches its class logits: its Fisher is 0 (batched or per-class), not a crash."""
+    from methods.fisher import compute_fisher
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(20, 5, generator=g, dtype=torch.float64)
+    w = {"lin.weight": torch.randn(3, 5, generator=g, dtype=torch.float64),
+         "lin.bias": torch.randn(3, generator=g, dtype=torch.float64),
+         "box.weight": torch.randn(4, 5, generator=g, dtype=torch.float64)}
+    got = compute_fisher(LinearOps({}, {}, {}), "t", w, x, "exact")
+    fw, fbias = hand_fisher_linear(x, w["lin.weight"], w["lin.bias"], "exact")
+    torch.testing.assert_close(got["lin.weight"], fw, atol=1e-10, rtol=1e-8)
+    assert torch.equal(got["box.weight"], torch.zeros(4, 5, dtype=torch.float64))
