@@ -57,19 +57,19 @@ which the adapter's tokenizer encodes. ``features`` (f_ex) is the pooled embeddi
 """
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones.clip_vit import DEVICE_ENV_VAR, ClipOps, _cosine_lr, _deterministic, _stable_hash
-from benchmark.cache import Cache, code_version, sha256_file
-from benchmark.contract import Backbone, StateDict
+from backbones._base import PreparedBackbone
+from backbones.clip_vit import ClipOps, _cosine_lr, _deterministic, _stable_hash
+from benchmark.cache import code_version, sha256_file
+from benchmark.contract import StateDict
 from benchmark.errors import UserError
 
 __all__ = ["TextEncoder", "TextBackbone", "TextOps", "TextRecipe", "apply_head", "mask_tokens", "PAPER_MAX_LENGTH"]
@@ -233,33 +233,22 @@ def _version(stage: str, parts: tuple) -> str:
     return code_version(sys.modules[__name__], *parts)
 
 
-class TextBackbone(Backbone):
+class TextBackbone(PreparedBackbone):
     """See the module docstring. Subclasses set :attr:`model`, :attr:`configs`, :attr:`recipes`, :attr:`lm`
     (``"mlm"`` / ``"clm"``) and implement :meth:`new_encoder`, :meth:`model_parts` and :meth:`_load_paper`."""
 
     model: str = ""
     lm: str = "mlm"
+    ops_class = TextOps
     configs: dict[str, dict[str, Any]] = {}
     recipes: dict[str, TextRecipe] = {}
 
     def __init__(self, profile: str, suite: Any, seed: int = 0, cache: Any = None, progress: bool = True):
         super().__init__(profile, suite, seed, cache, progress)
-        if profile != "paper" and profile not in self.configs:
-            raise UserError(f"backbone {self.model} has no profile {profile!r}; valid: paper, {', '.join(self.configs)}")
-        dev = os.environ.get(DEVICE_ENV_VAR)
-        self.device = torch.device(dev) if dev else torch.device(
-            "cuda" if profile == "paper" and torch.cuda.is_available() else "cpu")
-        self._prepared = False
-        self._ops: TextOps | None = None
         self._distill: tuple[Tensor, Tensor, Tensor] | None = None
         self.encoder: TextEncoder
         self.tokenizer: Any = None
         self.pad_id = 0
-        self.heads: dict[str, dict[str, Tensor]] = {}
-        self._pretrained: dict[str, Tensor] = {}
-        self._finetuned: dict[str, dict[str, Tensor]] = {}
-        self._checkpoints: dict[str, str] = {}
-        self.mergeable_names: list[str] = []
 
     # -- to override
     def new_encoder(self, vocab_size: int) -> TextEncoder:
@@ -279,59 +268,8 @@ class TextBackbone(Backbone):
 
     # -- configuration
     @property
-    def config(self) -> dict[str, Any]:
-        return dict(self.configs[self.profile])
-
-    @property
     def recipe(self) -> TextRecipe:
         return self.recipes[self.profile]
-
-    def _cache(self) -> Cache:
-        return self.cache if self.cache is not None else Cache()
-
-    # -- Backbone API
-    def prepare(self) -> None:
-        if self._prepared:
-            return
-        if self.profile == "paper":
-            self._prepare_paper()
-        else:
-            self._prepare_tiny()
-        self.encoder.to(self.device).eval()
-        for p in self.encoder.parameters():
-            p.requires_grad_(False)
-        self._prepared = True
-
-    def pretrained_state(self) -> StateDict:
-        self.prepare()
-        return dict(self._pretrained)
-
-    def finetuned_state(self, task: str) -> StateDict:
-        self.prepare()
-        if task not in self._finetuned:
-            raise UserError(f"{self.model}: no task {task!r}; valid: {', '.join(self.tasks)}")
-        return dict(self._finetuned[task])
-
-    def checkpoints(self) -> dict[str, str]:
-        self.prepare()
-        return dict(self._checkpoints)
-
-    def head(self, task: str) -> dict[str, Tensor]:
-        self.prepare()
-        return self.heads[task]
-
-    def batches(self, task: str, split: str, batch_size: int) -> Iterator[tuple[Any, Any]]:
-        data = self.suite.load(task, split)
-        n = len(data)
-        ops = self.ops()
-        for i in range(0, n, batch_size):
-            yield ops.slice(data.inputs, slice(i, min(i + batch_size, n))), data.targets[i : i + batch_size]
-
-    def ops(self) -> TextOps:
-        self.prepare()
-        if self._ops is None:
-            self._ops = TextOps(self)
-        return self._ops
 
     def versions(self) -> dict[str, str]:
         return {self.model: _version("all", self.model_parts())}

@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sys
 import zlib
 from dataclasses import asdict, dataclass
@@ -71,8 +70,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.cache import Cache, code_version, sha256_file
-from benchmark.contract import Backbone, StateDict
+from backbones._base import DEVICE_ENV_VAR, PreparedBackbone  # noqa: F401  (DEVICE_ENV_VAR: re-exported)
+from benchmark.cache import code_version, sha256_file
+from benchmark.contract import StateDict
 from benchmark.errors import UserError
 from benchmark.registry import BACKBONES
 from tasks import vision8 as _v8
@@ -81,7 +81,6 @@ __all__ = ["ClipViT", "ClipOps", "CONFIGS", "RECIPES", "ImageEncoder", "generic_
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-DEVICE_ENV_VAR = "MERGE_BENCH_DEVICE"
 
 # transformers CLIPVisionConfig fields, per backbone and generated profile
 CONFIGS: dict[str, dict[str, dict[str, int]]] = {
@@ -442,7 +441,7 @@ def _version(stage: str = "all", model_parts: tuple = (build_encoder, sincos_pos
     return code_version(sys.modules[__name__])
 
 
-class ClipViT(Backbone):
+class ClipViT(PreparedBackbone):
     """See the module docstring. ``model`` is set by the registered subclasses.
 
     The tiny/micro machinery (label-free pretraining, prototype heads, preservation fine-tuning, ModelOps) only
@@ -451,6 +450,7 @@ class ClipViT(Backbone):
     :meth:`_prepare_paper` (``backbones.convnext`` does)."""
 
     model: str = ""
+    ops_class = ClipOps
     pixel_mean: tuple = OPENAI_MEAN
     pixel_std: tuple = OPENAI_STD
 
@@ -472,78 +472,13 @@ class ClipViT(Backbone):
 
     def __init__(self, profile: str, suite: Any, seed: int = 0, cache: Any = None, progress: bool = True):
         super().__init__(profile, suite, seed, cache, progress)
-        if profile != "paper" and profile not in self.configs:
-            raise UserError(f"backbone {self.model} has no profile {profile!r}; valid: paper, {', '.join(self.configs)}")
-        dev = os.environ.get(DEVICE_ENV_VAR)
-        if dev:
-            self.device = torch.device(dev)
-        else:
-            self.device = torch.device("cuda" if profile == "paper" and torch.cuda.is_available() else "cpu")
-        self._prepared = False
-        self._ops: ClipOps | None = None
         self._distill: tuple[Tensor, Tensor] | None = None
         self.encoder: nn.Module
-        self.heads: dict[str, Tensor] = {}
-        self._pretrained: dict[str, Tensor] = {}
-        self._finetuned: dict[str, dict[str, Tensor]] = {}
-        self._checkpoints: dict[str, str] = {}
-        self.mergeable_names: list[str] = []
 
     # -- configuration
     @property
-    def config(self) -> dict[str, int]:
-        return dict(self.configs[self.profile])
-
-    @property
     def recipe(self) -> Recipe:
         return RECIPES[self.profile]
-
-    def _cache(self) -> Cache:
-        return self.cache if self.cache is not None else Cache()
-
-    # -- Backbone API
-    def prepare(self) -> None:
-        if self._prepared:
-            return
-        if self.profile == "paper":
-            self._prepare_paper()
-        else:
-            self._prepare_tiny()
-        self.encoder.to(self.device).eval()
-        for p in self.encoder.parameters():
-            p.requires_grad_(False)
-        self._prepared = True
-
-    def pretrained_state(self) -> StateDict:
-        self.prepare()
-        return dict(self._pretrained)
-
-    def finetuned_state(self, task: str) -> StateDict:
-        self.prepare()
-        if task not in self._finetuned:
-            raise UserError(f"{self.model}: no task {task!r}; valid: {', '.join(self.tasks)}")
-        return dict(self._finetuned[task])
-
-    def checkpoints(self) -> dict[str, str]:
-        self.prepare()
-        return dict(self._checkpoints)
-
-    def head(self, task: str) -> Tensor:
-        self.prepare()
-        return self.heads[task]
-
-    def batches(self, task: str, split: str, batch_size: int) -> Iterator[tuple[Any, Any]]:
-        data = self.suite.load(task, split)
-        n = len(data)
-        ops = self.ops()
-        for i in range(0, n, batch_size):
-            yield ops.slice(data.inputs, slice(i, min(i + batch_size, n))), data.targets[i : i + batch_size]
-
-    def ops(self) -> ClipOps:
-        self.prepare()
-        if self._ops is None:
-            self._ops = ClipOps(self)
-        return self._ops
 
     def versions(self) -> dict[str, str]:
         return {self.model: _version("all", self.model_parts())}  # the adapter's source hash

@@ -151,6 +151,7 @@ class ConvNeXt(ClipViT):
     """See the module docstring."""
 
     model = "convnext"
+    ops_class = ConvNeXtOps
     pixel_mean = IMAGENET_MEAN
     pixel_std = IMAGENET_STD
 
@@ -172,12 +173,6 @@ class ConvNeXt(ClipViT):
 
     def model_parts(self) -> tuple:
         return (ConvNeXtEncoder, build_convnext_encoder)
-
-    def ops(self) -> ConvNeXtOps:
-        self.prepare()
-        if self._ops is None:
-            self._ops = ConvNeXtOps(self)
-        return self._ops  # type: ignore[return-value]
 
     def versions(self) -> dict[str, str]:
         return {self.model: code_version(sys.modules[__name__], _cv)}

@@ -85,21 +85,21 @@ normalized cxcywh, converted here.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backbones._base import PreparedBackbone
 from backbones.clip_vit import ClipOps, _cosine_lr, _deterministic
-from benchmark.cache import Cache, code_version, sha256_file
-from benchmark.contract import Backbone, StateDict
+from benchmark.cache import code_version, sha256_file
+from benchmark.contract import StateDict
 from benchmark.errors import UserError
 from benchmark.registry import BACKBONES
 from tasks import rf100 as _rf
@@ -110,7 +110,6 @@ __all__ = ["Detr", "DetrOps", "Detector", "CONFIGS", "RECIPES", "build_detector"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEVICE_ENV_VAR = "MERGE_BENCH_DEVICE"
 GENERIC_CLASSES = ("circle", "square", "diamond", "triangle", "ring", "cross", "octagon")
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -481,88 +480,37 @@ def _version(stage: str = "all") -> str:
     suites=("rf100_7",),
     default_suite="rf100_7",
 )
-class Detr(Backbone):
+class Detr(PreparedBackbone):
     """See the module docstring."""
 
     model = "detr_r50"
+    module_attr = "detector"
+    ops_class = DetrOps
 
     def __init__(self, profile: str, suite: Any, seed: int = 0, cache: Any = None, progress: bool = True):
         super().__init__(profile, suite, seed, cache, progress)
-        if profile != "paper" and profile not in CONFIGS:
-            raise UserError(f"backbone detr_r50 has no profile {profile!r}; valid: paper, {', '.join(CONFIGS)}")
-        dev = os.environ.get(DEVICE_ENV_VAR)
-        self.device = torch.device(dev) if dev else torch.device(
-            "cuda" if profile == "paper" and torch.cuda.is_available() else "cpu")
-        self._prepared = False
-        self._ops: DetrOps | None = None
         self._distill: tuple[Tensor, Tensor, Tensor] | None = None
         self.detector: Detector
         self.detr_config: Any = None
         self.heads: dict[str, tuple[Tensor, Tensor]] = {}
-        self._pretrained: dict[str, Tensor] = {}
-        self._finetuned: dict[str, dict[str, Tensor]] = {}
-        self._checkpoints: dict[str, str] = {}
-        self.mergeable_names: list[str] = []
         self.image_size: int | None = None
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self.coords = profile != "paper" and bool(CONFIGS[profile].get("coord_channels"))
 
     @property
-    def config(self) -> dict[str, Any]:
-        return dict(CONFIGS[self.profile])
+    def configs(self) -> dict[str, dict[str, Any]]:
+        return CONFIGS
 
     @property
     def recipe(self) -> Recipe:
         return RECIPES[self.profile]
 
-    def _cache(self) -> Cache:
-        return self.cache if self.cache is not None else Cache()
-
-    # -- Backbone API
-    def prepare(self) -> None:
-        if self._prepared:
-            return
-        if self.profile == "paper":
-            self._prepare_paper()
-        else:
-            self._prepare_tiny()
-        self.detector.to(self.device).eval()
-        for p in self.detector.parameters():
-            p.requires_grad_(False)
+    def _after_prepare(self) -> None:
         self.heads = {t: (w.to(self.device), b.to(self.device)) for t, (w, b) in self.heads.items()}
-        self._prepared = True
-
-    def pretrained_state(self) -> StateDict:
-        self.prepare()
-        return dict(self._pretrained)
-
-    def finetuned_state(self, task: str) -> StateDict:
-        self.prepare()
-        if task not in self._finetuned:
-            raise UserError(f"detr_r50: no task {task!r}; valid: {', '.join(self.tasks)}")
-        return dict(self._finetuned[task])
-
-    def checkpoints(self) -> dict[str, str]:
-        self.prepare()
-        return dict(self._checkpoints)
 
     def head(self, task: str) -> tuple[Tensor, Tensor]:
         """``task``'s class head: weight ``[C + 1, d]`` and bias ``[C + 1]`` (never merged)."""
-        self.prepare()
-        return self.heads[task]
-
-    def batches(self, task: str, split: str, batch_size: int) -> Iterator[tuple[Any, Any]]:
-        data = self.suite.load(task, split)
-        n = len(data)
-        ops = self.ops()
-        for i in range(0, n, batch_size):
-            yield ops.slice(data.inputs, slice(i, min(i + batch_size, n))), data.targets[i : i + batch_size]
-
-    def ops(self) -> DetrOps:
-        self.prepare()
-        if self._ops is None:
-            self._ops = DetrOps(self)
-        return self._ops
+        return super().head(task)
 
     def versions(self) -> dict[str, str]:
         return {self.model: _version("all")}
