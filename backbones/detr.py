@@ -433,6 +433,11 @@ class DetrOps(ClipOps):
         """Per-query class logits ``[B, Q, C + 1]`` of ``task``'s head (the last column is "no object")."""
         return self._head(task, self._run(weights, inputs)[0])
 
+    def outputs(self, task: str, weights: StateDict | None, inputs: Any) -> Tensor:
+        """Class logits and boxes of every query, ``[B, Q, C + 1 + 4]``: both branches the detector predicts."""
+        hidden, boxes, _ = self._run(weights, inputs)
+        return torch.cat([self._head(task, hidden), boxes], -1)
+
     def boxes(self, weights: StateDict | None, inputs: Any) -> Tensor:
         """Per-query boxes ``[B, Q, 4]``, normalized cxcywh (DETR's ``pred_boxes``)."""
         return self._run(weights, inputs)[1]

@@ -114,6 +114,13 @@ class ModelOps(Protocol):
         logits: a detector returns its post-processed boxes, scores and labels per image. Without it the runner
         feeds :meth:`logits` to the metric."""
 
+    def outputs(self, task: str, weights: StateDict | None, inputs: Any) -> Tensor:
+        """Optional (methods check with ``getattr``). Every output of ``task``'s model as one tensor, concatenated
+        along the last dimension: a detector's class logits *and* boxes (``[B, Q, C + 1 + 4]``). For preservation
+        losses on the model's outputs rather than its class distribution (FlexSwitch's MSE / CKA, Eq. 10/11, which
+        the paper uses on DETR "to ensure alignment of both the classification and regression branches"). Without
+        it those methods use :meth:`logits`."""
+
     def num_examples(self, inputs: Any) -> int:
         """How many examples ``inputs`` holds."""
 

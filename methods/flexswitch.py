@@ -11,7 +11,9 @@ For each task k and each module l (= each mergeable tensor) FlexSwitch learns, j
   asymmetric quantizer ``Q(tau; b)``.
 * **Loss** (Eq. 14): ``sum_l |M_l|_1 / sum_l n_l + sum_l wbar_l / (L max W) + lambda * L_per`` with ``L_per`` one of
   KL at T=4 (Eq. 9), MSE on outputs (Eq. 10) or CKA (Eq. 11), against the fine-tuned model on N unlabeled
-  exemplars. Adam, lr 0.05 (LGS) and 0.1 (BAS), 500 steps, batch 32; rho and omega start at 1.0 and are multiplied
+  exemplars. KL reads the task head's logits; MSE and CKA read every output the adapter gives
+  (``ModelOps.outputs`` when it has it: a detector's class logits and boxes, as the paper's MSE on DETR must
+  align "both the classification and regression branches"), else the logits. Adam, lr 0.05 (LGS) and 0.1 (BAS), 500 steps, batch 32; rho and omega start at 1.0 and are multiplied
   by 0.9 every 10 steps.
 * **Finalize** (Eq. 15 and after Eq. 11): hard mask ``1(M > 0.5)``, ``b = W[argmax w]``,
   ``tau~ = softplus(kappa) * M_hard * Q(tau; b)``.
@@ -231,8 +233,10 @@ def learn_task_switch(
     n_total = sum(t.numel() for t in taus.values())
     exemplars = ops.exemplars(task, cfg.n_exemplars, exemplar_seed(pool, pool.tasks.index(task)))
     n_ex = ops.num_examples(exemplars)
+    # KL compares class distributions; MSE / CKA compare outputs, a detector's boxes included (ModelOps.outputs)
+    forward = ops.logits if cfg.loss == "kl" else getattr(ops, "outputs", ops.logits)
     with torch.no_grad():
-        teacher = ops.logits(task, pool.finetuned[task], exemplars)
+        teacher = forward(task, pool.finetuned[task], exemplars)
 
     use_lgs = cfg.variant in ("lgs+bas", "lgs")
     use_bas = cfg.variant in ("lgs+bas", "bas")
@@ -273,7 +277,7 @@ def learn_task_switch(
             weights[k] = pool.pretrained[k] + F.softplus(kappa[i]) * m * vals
         sparse_term = sparse_term / n_total
         bits_term = mixed_bits(w, omega).sum() / (L * max(BIT_WIDTHS)) if use_bas else sparse_term.new_zeros(())
-        per = per_loss(ops.logits(task, weights, batch), teacher[idx], **({"temperature": cfg.temperature} if cfg.loss == "kl" else {}))
+        per = per_loss(forward(task, weights, batch), teacher[idx], **({"temperature": cfg.temperature} if cfg.loss == "kl" else {}))
         loss = sparse_term + bits_term + cfg.lam * per
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -74,6 +74,9 @@ def test_ops_shapes(bb, batch):
     w, b = bb.head("cells")
     assert torch.allclose(f @ w.T + b, lg, atol=1e-5)  # logits = head(f_ex) per query
     assert ops.num_examples(x) == len(y) and ops.num_examples(ops.slice(x, torch.tensor([0, 2]))) == 2
+    out = ops.outputs("cells", None, x)  # both branches: class logits, then the boxes
+    assert out.shape == (len(y), q, 4 + 4)
+    assert torch.allclose(out[..., :4], lg, atol=1e-5) and torch.allclose(out[..., 4:], ops.boxes(None, x), atol=1e-5)
 
 
 def test_predict_format(bb, batch):

@@ -206,3 +206,24 @@ def test_no_progress_silences_the_training_bars(capsys):
     pool.progress = False
     METHODS.get("flexswitch").obj(**_small(steps=3)).merge(pool)
     assert "flexswitch" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("loss, expect", [("kl", "logits"), ("mse", "outputs"), ("cka", "outputs")])
+def test_output_losses_read_every_output_the_adapter_gives(loss, expect):
+    """MSE / CKA preserve ModelOps.outputs (a detector's logits and boxes) when the adapter has it; KL the logits."""
+    pool = toy_pool(n_tasks=1)
+    calls: list[str] = []
+    logits = pool.ops.logits
+
+    def counted_logits(task, weights, inputs):
+        calls.append("logits")
+        return logits(task, weights, inputs)
+
+    def outputs(task, weights, inputs):  # a second "branch": the logits' row sums, as boxes would be
+        calls.append("outputs")
+        out = logits(task, weights, inputs)
+        return torch.cat([out, out.sum(-1, keepdim=True)], -1)
+
+    pool.ops.logits, pool.ops.outputs = counted_logits, outputs
+    METHODS.get("flexswitch").obj(**_small(steps=3, loss=loss)).merge(pool)
+    assert calls and set(calls) == {expect}
