@@ -13,8 +13,8 @@ For each task k and each module l (= each mergeable tensor) FlexSwitch learns, j
   KL at T=4 (Eq. 9), MSE on outputs (Eq. 10) or CKA (Eq. 11), against the fine-tuned model on N unlabeled
   exemplars. KL reads the task head's logits; MSE and CKA read every output the adapter gives
   (``ModelOps.outputs`` when it has it: a detector's class logits and boxes, as the paper's MSE on DETR must
-  align "both the classification and regression branches"), else the logits. Adam, lr 0.05 (LGS) and 0.1 (BAS), 500 steps, batch 32; rho and omega start at 1.0 and are multiplied
-  by 0.9 every 10 steps.
+  align "both the classification and regression branches"), else the logits. Adam, lr 0.05 (LGS) and 0.1 (BAS),
+  500 steps, batch 32; rho and omega start at 1.0 and are multiplied by 0.9 every 10 steps.
 * **Finalize** (Eq. 15 and after Eq. 11): hard mask ``1(M > 0.5)``, ``b = W[argmax w]``,
   ``tau~ = softplus(kappa) * M_hard * Q(tau; b)``.
 
