@@ -682,6 +682,7 @@ class ClipViT(PreparedBackbone):
 )
 class ClipViTB32(ClipViT):
     model = "clip_vit_b32"
+    preload_modules = ("transformers.models.clip.modeling_clip",)
 
 
 @BACKBONES.register(
@@ -693,3 +694,4 @@ class ClipViTB32(ClipViT):
 )
 class ClipViTL14(ClipViT):
     model = "clip_vit_l14"
+    preload_modules = ("transformers.models.clip.modeling_clip",)

@@ -151,6 +151,7 @@ class ConvNeXt(ClipViT):
     """See the module docstring."""
 
     model = "convnext"
+    preload_modules = ("transformers.models.convnext.modeling_convnext",)
     ops_class = ConvNeXtOps
     pixel_mean = IMAGENET_MEAN
     pixel_std = IMAGENET_STD

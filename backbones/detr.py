@@ -510,6 +510,8 @@ class Detr(PreparedBackbone):
     """See the module docstring."""
 
     model = "detr_r50"
+    preload_modules = ("transformers.models.detr.modeling_detr", "transformers.models.resnet.modeling_resnet",
+                       "transformers.loss.loss_for_object_detection")
     module_attr = "detector"
     ops_class = DetrOps
 

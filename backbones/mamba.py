@@ -106,6 +106,7 @@ def build_mamba(config: dict[str, Any], vocab_size: int, pad_id: int) -> TextEnc
 )
 class Mamba130M(TextBackbone):
     model = "mamba_130m"
+    preload_modules = ("transformers.models.mamba.modeling_mamba",)
     lm = "clm"
     configs = CONFIGS
     recipes = RECIPES

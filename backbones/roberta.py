@@ -62,6 +62,7 @@ def build_roberta(config: dict[str, Any], vocab_size: int, pad_id: int, max_len:
 )
 class RobertaBase(TextBackbone):
     model = "roberta_base"
+    preload_modules = ("transformers.models.roberta.modeling_roberta",)
     lm = "mlm"
     configs = CONFIGS
     recipes = RECIPES

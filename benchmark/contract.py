@@ -299,6 +299,9 @@ class Backbone(ABC):
     """
 
     plugin_name: ClassVar[str] = ""
+    #: modules the adapter imports lazily (inside functions, so ``list`` stays fast) that every run needs; the
+    #: process pool's fork server imports them once (:mod:`benchmark._preload`) instead of each run's child
+    preload_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, profile: str, suite: Suite, seed: int = 0, cache: Any = None, progress: bool = True):
         self.profile = profile

@@ -101,8 +101,23 @@ def _die_with_parent() -> None:
         pass
 
 
-def _child(spec: RunSpec, plugins: Sequence[str], conn: mp.connection.Connection) -> None:
+def threads_per_run(jobs: int) -> int | None:
+    """Torch threads for each of ``jobs`` concurrent runs on this machine: its CPUs shared out, at least 1. None
+    when ``OMP_NUM_THREADS`` is set: the user chose, and torch follows it already. Without this every child takes
+    all the CPUs, and N children spin N times as many threads as there are cores (on 2 cores, 2 jobs of a tiny
+    ViT-L/14 run took 5x as long each as one run alone: benchmarks/sweep_overhead.py)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // jobs)
+
+
+def _child(spec: RunSpec, plugins: Sequence[str], conn: mp.connection.Connection, threads: int | None = None) -> None:
     _die_with_parent()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         msg = ("ok", run_one(spec, plugins))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, whatever it is
@@ -131,15 +146,17 @@ class ProcessPoolExecutor(Executor):
         if jobs < 1:
             raise UserError(f"--jobs must be at least 1; got {jobs}")
         self.jobs = jobs
+        self.threads = threads_per_run(jobs)
         self.plugins = list(plugins)
         self.max_retries = max_retries
         self.name = f"local, {jobs} processes"
 
     def run(self, runs: Sequence[SweepRun]) -> Iterator[Outcome]:
-        # Children fork from a fork server that has imported the harness and the plugins once (a clean process:
-        # no fork of this one, which may hold torch's threads), so a run starts in milliseconds, not seconds.
+        # Children fork from a fork server that has imported the harness, every registered plugin
+        # (benchmark._preload) and the sweep's plugin modules once (a clean process: no fork of this one, which may
+        # hold torch's threads), so a run does not start with seconds of imports (benchmarks/sweep_overhead.py).
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["benchmark.executors", *self.plugins])
+        ctx.set_forkserver_preload(["benchmark.executors", "benchmark._preload", *self.plugins])
         queue: deque[tuple[SweepRun, int]] = deque((r, 1) for r in runs)
         active: dict[Any, tuple[Any, Any, SweepRun, int, float]] = {}  # receiving end -> (process, ...)
         try:
@@ -147,7 +164,8 @@ class ProcessPoolExecutor(Executor):
                 while queue and len(active) < self.jobs:
                     r, attempt = queue.popleft()
                     recv, send = ctx.Pipe(duplex=False)
-                    proc = ctx.Process(target=_child, args=(r.spec, self.plugins, send), name=f"sweep-{r.config_hash}")
+                    proc = ctx.Process(target=_child, args=(r.spec, self.plugins, send, self.threads),
+                                       name=f"sweep-{r.config_hash}")
                     proc.start()
                     send.close()
                     active[recv] = (proc, recv, r, attempt, time.perf_counter())

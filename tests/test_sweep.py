@@ -229,6 +229,36 @@ def test_process_pool_isolates_runs_retries_a_dead_worker_and_reports_errors(tmp
     assert out.failed[0].error == "worker process died (killed by SIGKILL) after 1 attempt(s)"
 
 
+def test_the_pool_preloads_every_backbones_lazy_model_modules():
+    """benchmark._preload swallows import errors (the run reports them), so a misspelt name would only cost speed;
+    this is where it is caught. Every built-in backbone names at least the transformers module of its model."""
+    import importlib
+    import inspect
+
+    from benchmark.executors import ProcessPoolExecutor as Pool
+
+    assert '"benchmark._preload"' in inspect.getsource(Pool.run)
+    builtin = [p for p in BACKBONES.plugins() if p.obj.__module__.startswith("backbones.")]
+    assert {p.name for p in builtin} >= {"clip_vit_b32", "clip_vit_l14", "convnext", "detr_r50", "mamba_130m",
+                                         "roberta_base"}
+    for p in builtin:
+        assert p.obj.preload_modules, p.name
+        for name in p.obj.preload_modules:
+            assert importlib.import_module(name), (p.name, name)
+    importlib.import_module("benchmark._preload")
+
+
+def test_pool_children_share_the_cpus_out_unless_omp_num_threads_is_set(monkeypatch):
+    from benchmark.executors import threads_per_run
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert [threads_per_run(j) for j in (1, 2, 3, 8, 20)] == [8, 4, 2, 1, 1]
+    assert ProcessPoolExecutor(4).threads == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads_per_run(2) is None and ProcessPoolExecutor(2).threads is None
+
+
 def test_a_killed_sweep_resumes_with_exactly_the_unfinished_runs(tmp_path):
     res = tmp_path / "results"
     f = write(tmp_path / "slow.yaml", sweep_doc(methods={M: {"lam": [0.1, 0.2, 0.3, 0.4], "sleep": 1.0}}))
