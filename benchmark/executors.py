@@ -7,8 +7,9 @@ run that raises is a failed outcome and the sweep goes on.
 
 * :class:`SequentialExecutor` (``--executor local``, the default): one run after another in this process.
 * :class:`ProcessPoolExecutor` (``--executor local --jobs N``): N runs at a time, each in a fresh child process
-  (spawned), so one run's memory, threads or crash never touch another; a child that dies without reporting
-  (killed, out of memory) is retried up to ``max_retries`` times, then reported as failed.
+  (forked from a fork server that has imported the plugins' code), so one run's memory, threads or crash never
+  touch another; each child gets its share of the CPUs as torch threads (:func:`threads_per_run`); a child that dies
+  without reporting (killed, out of memory) is retried up to ``max_retries`` times, then reported as failed.
 * :class:`RayExecutor` (``--executor ray``): one Ray task per run, on a local instance or on the cluster at
   ``address``. Each task asks for ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs (default: 1 on the paper
   profile, 0 otherwise); a task whose worker dies is retried by Ray (``max_retries``); Python exceptions are not
