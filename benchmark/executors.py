@@ -26,6 +26,7 @@ import signal
 import time
 import traceback
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -75,16 +76,21 @@ class Executor:
 
 
 class SequentialExecutor(Executor):
+    """``progress``: each run shows its own progress bars (suite generation, pretraining, fine-tuning, merging,
+    evaluation) under the sweep's bar, so a first run that builds checkpoints for minutes is not a frozen bar. Only
+    here: the children of the other executors would interleave their bars on one terminal."""
+
     name = "local"
 
-    def __init__(self, plugins: Sequence[str] = ()):
+    def __init__(self, plugins: Sequence[str] = (), progress: bool = False):
         self.plugins = list(plugins)
+        self.progress = progress
 
     def run(self, runs: Sequence[SweepRun]) -> Iterator[Outcome]:
         for r in runs:
             t0 = time.perf_counter()
             try:
-                res = run_one(r.spec, self.plugins)
+                res = run_one(replace(r.spec, progress=True) if self.progress else r.spec, self.plugins)
             except Exception as e:  # reported; the sweep goes on (KeyboardInterrupt stops it)
                 yield Outcome(r, "failed", time.perf_counter() - t0, error=describe(e))
             else:
@@ -308,10 +314,11 @@ def make_executor(
     ray_address: str | None = None,
     cpus_per_run: float = 1,
     gpus_per_run: float | None = None,
+    progress: bool = False,
 ) -> Executor:
     if name == "local":
         if jobs is None or jobs == 1:
-            return SequentialExecutor(plugins)
+            return SequentialExecutor(plugins, progress=progress)
         return ProcessPoolExecutor(jobs, plugins, max_retries=max_retries)
     if name == "ray":
         return RayExecutor(plugins, address=ray_address, num_cpus=jobs, cpus_per_run=cpus_per_run,

@@ -539,7 +539,7 @@ def cmd_sweep(args: Any) -> int:
         return 0
     executor = make_executor(args.executor, plugins=sweep.plugins, jobs=args.jobs, max_retries=args.max_retries,
                              ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
-                             gpus_per_run=args.gpus_per_run)
+                             gpus_per_run=args.gpus_per_run, progress=not args.no_progress)
     summary = execute(sweep, executor, results_dir, progress=not args.no_progress, fail_fast=args.fail_fast)
     print(summary.format())
     if summary.interrupted:

@@ -259,6 +259,20 @@ def test_pool_children_share_the_cpus_out_unless_omp_num_threads_is_set(monkeypa
     assert threads_per_run(2) is None and ProcessPoolExecutor(2).threads is None
 
 
+def test_the_sequential_executor_shows_each_runs_own_progress_bars_only_when_asked(tmp_path, monkeypatch):
+    import benchmark.executors as ex
+
+    seen = []
+    real = ex.run_one
+    monkeypatch.setattr(ex, "run_one", lambda spec, plugins=(): seen.append(spec.progress) or real(spec, plugins))
+    sw = expand(sweep_doc(), source="s", results_dir=tmp_path)
+    assert all(r.spec.progress is False for r in sw.runs)  # what the sweep expands to, whatever the executor
+    execute(sw, ex.make_executor("local", progress=True), tmp_path, progress=False)
+    execute(expand(sweep_doc(seeds=[1]), source="s", results_dir=tmp_path), ex.make_executor("local"), tmp_path,
+            progress=False)
+    assert seen == [True, True, False, False]
+
+
 def test_a_killed_sweep_resumes_with_exactly_the_unfinished_runs(tmp_path):
     res = tmp_path / "results"
     f = write(tmp_path / "slow.yaml", sweep_doc(methods={M: {"lam": [0.1, 0.2, 0.3, 0.4], "sleep": 1.0}}))
