@@ -4,7 +4,9 @@ process, each into a fresh results folder.
 
 The sweep is ``--runs`` settings of task_arithmetic's ``scaling_coef`` on one backbone, real runs (load the cached
 checkpoints, merge, write and reload the artifact, evaluate). The checkpoints are built (or found in the cache)
-before any timing. Printed per executor: wall time, wall time per run, the ratio of its wall time to the
+before any timing, by a run in this process, so the sequential executor also starts with the suite and models
+already in memory, as every run after a sequential sweep's first does; the pool's and Ray's workers load them from
+the disk cache in each run (part of their "inside" time). Printed per executor: wall time, wall time per run, the ratio of its wall time to the
 sequential executor's, and the mean of the runs' own times (what each run reports from inside its worker), so
 wall minus that, spread over the workers, is the dispatch overhead: process start, imports, Ray's start-up.
 
