@@ -46,12 +46,59 @@ __all__ = [
     "Backbone",
     "Metric",
     "task_vectors",
+    "TaskVectorView",
+    "as_vector_list",
+    "batches",
+    "EXEMPLAR_SPLITS",
 ]
 
 
 def task_vectors(pretrained: StateDict, finetuned: Mapping[str, StateDict]) -> dict[str, StateDict]:
     """tau_k = theta_k - theta for every task (Sec. III-A)."""
     return {t: {k: ft[k] - pretrained[k] for k in pretrained} for t, ft in finetuned.items()}
+
+
+class TaskVectorView(Mapping[str, Tensor]):
+    """``theta_t - theta`` computed on access, key by key (nothing cached): a task vector that costs no memory.
+    When ``finetuned``/``pretrained`` are themselves lazy mappings (memory-mapped checkpoints), one tensor of each
+    is touched per access."""
+
+    def __init__(self, finetuned: Mapping[str, Tensor], pretrained: Mapping[str, Tensor]):
+        self.finetuned = finetuned
+        self.pretrained = pretrained
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self.finetuned[key] - self.pretrained[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.pretrained)
+
+    def __len__(self) -> int:
+        return len(self.pretrained)
+
+    def numel(self, key: str) -> int:
+        """The size of tensor ``key`` without computing it."""
+        return self.pretrained[key].numel()
+
+
+def as_vector_list(task_vectors: Sequence[Mapping[str, Tensor]] | Mapping[str, Mapping[str, Tensor]]
+                   ) -> list[Mapping[str, Tensor]]:
+    """A list of task vectors from a list or a ``task -> task vector`` mapping."""
+    if isinstance(task_vectors, Mapping):
+        return list(task_vectors.values())
+    return list(task_vectors)
+
+
+def batches(ops: "ModelOps", inputs: Any, batch_size: int) -> Iterator[Any]:
+    """Consecutive sub-batches of at most ``batch_size`` examples of ``inputs``, in order."""
+    n = ops.num_examples(inputs)
+    for s in range(0, n, batch_size):
+        yield ops.slice(inputs, slice(s, min(s + batch_size, n)))
+
+
+#: the splits :meth:`Pool.exemplars` draws from: ``train`` (``ModelOps.exemplars``) and ``test``
+#: (``ModelOps.test_inputs``, unlabeled, for test-time adaptation only)
+EXEMPLAR_SPLITS = ("train", "test")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -132,7 +179,20 @@ class ModelOps(Protocol):
 class Pool:
     """What a method gets: the pretrained weights, the fine-tuned weights per task, data access, and a seed.
 
-    ``pretrained`` and ``finetuned[task]`` hold the mergeable tensors only, float32, with identical keys.
+    ``pretrained`` and ``finetuned[task]`` hold the mergeable tensors only, float32, with identical keys. They are
+    mappings: a method reads them one tensor at a time through the task-vector views below, so that weights backed
+    by memory-mapped files stream instead of being held all at once.
+
+    Task vectors (tau_k = theta_k - theta, Sec. III-A):
+
+    * :meth:`task_vector` / :meth:`lazy_task_vectors`: :class:`TaskVectorView` s, computed key by key on access;
+    * :meth:`iter_task_vectors`: ``(name, {task: tau_task[name]})`` per mergeable tensor, one tensor at a time;
+    * :meth:`task_vectors`: every task vector materialised (for methods that reuse them many times, e.g.
+      AdaMerging's 500 differentiable steps).
+
+    Data: :meth:`exemplars` draws ``n`` unlabeled inputs of a task with the one seeding rule of every method
+    (:meth:`exemplar_seed`); :meth:`batches` cuts inputs into sub-batches. Other random choices use
+    :meth:`generator`.
     """
 
     tasks: list[str]
@@ -142,11 +202,64 @@ class Pool:
     seed: int = 0
     progress: bool = True  # whether long method work (training loops) may show progress bars (`run --no-progress`)
 
+    # -- task vectors ------------------------------------------------------------------------------------------
+
+    def task_vector(self, task: str) -> TaskVectorView:
+        """tau_task, lazily: each tensor is computed when read."""
+        return TaskVectorView(self.finetuned[task], self.pretrained)
+
+    def lazy_task_vectors(self) -> list[TaskVectorView]:
+        """One :class:`TaskVectorView` per task, in ``tasks`` order."""
+        return [self.task_vector(t) for t in self.tasks]
+
+    def iter_task_vectors(self) -> Iterator[tuple[str, dict[str, Tensor]]]:
+        """``(name, {task: tau_task[name]})`` for every mergeable tensor, in ``pretrained``'s key order: the
+        per-tensor loop of a merge that needs only one tensor of every task at a time."""
+        for name in self.pretrained:
+            base = self.pretrained[name]
+            yield name, {t: self.finetuned[t][name] - base for t in self.tasks}
+
     def task_vectors(self) -> dict[str, StateDict]:
+        """Every task vector at once (``task -> state dict``); prefer the lazy forms where one pass suffices."""
         return task_vectors(self.pretrained, {t: self.finetuned[t] for t in self.tasks})
 
+    # -- data --------------------------------------------------------------------------------------------------
+
+    def exemplar_seed(self, task: str, salt: int = 0) -> int:
+        """The one seeding rule of every exemplar draw: ``seed * 1009 + (position of task) + 7919 * salt``.
+
+        ``salt`` separates the independent draws of different methods (or of one method). It reproduces the draws
+        of every committed record: salt 0 -- RegMean, Fisher, FlexSwitch, Auto-Switch and Auto-FlexSwitch (so the
+        switch family's learning and routing see the same exemplars); 3 -- AdaMerging(++)'s adaptation inputs;
+        5 -- Twin-Merging's router exemplars."""
+        return self.seed * 1009 + self.tasks.index(task) + 7919 * salt
+
+    def exemplars(self, task: str, n: int | None, split: str = "train", salt: int = 0) -> Any:
+        """``n`` unlabeled inputs of ``task``, drawn with :meth:`exemplar_seed` ``(task, salt)``.
+
+        ``split="train"`` (the default, and what every method but test-time adaptation uses): ``ModelOps.exemplars``.
+        ``split="test"``: ``ModelOps.test_inputs`` (``n=None`` = the whole split), for test-time adaptation only;
+        a ``ValueError`` when the adapter has no test access."""
+        if self.ops is None:
+            raise ValueError("this pool has no data access (pool.ops is None)")
+        if split not in EXEMPLAR_SPLITS:
+            raise ValueError(f"exemplars: unknown split {split!r}; valid: {', '.join(EXEMPLAR_SPLITS)}")
+        seed = self.exemplar_seed(task, salt)
+        if split == "test":
+            if not hasattr(self.ops, "test_inputs"):
+                raise ValueError("this backbone's ModelOps has no test_inputs(task, n, seed)")
+            return self.ops.test_inputs(task, n, seed)
+        if n is None:
+            raise ValueError("exemplars: n may be None only for split='test'")
+        return self.ops.exemplars(task, n, seed)
+
+    def batches(self, inputs: Any, batch_size: int) -> Iterator[Any]:
+        """Consecutive sub-batches of ``inputs`` (see :func:`batches`)."""
+        return batches(self.ops, inputs, batch_size)
+
     def generator(self, salt: int = 0) -> torch.Generator:
-        """A seeded CPU generator, so every random choice a method makes is reproducible."""
+        """A seeded CPU generator (``seed * 1_000_003 + salt``), so every random choice a method makes besides its
+        exemplar draws is reproducible."""
         g = torch.Generator()
         g.manual_seed(self.seed * 1_000_003 + salt)
         return g

@@ -51,10 +51,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from benchmark.records import load_records
+from benchmark.registry import DEFAULT_ORDER
 
 __all__ = [
-    "PAPER_METHODS",
+    "PAPER_ONLY_METHODS",
     "PAPER_TASKS",
+    "MethodInfo",
+    "method_infos",
+    "paper_methods",
     "Row",
     "Table",
     "build_tables",
@@ -74,50 +78,56 @@ PAPER_CSV = Path(__file__).resolve().parent / "data" / "paper_results.csv"
 # ----------------------------------------------------------------------------------------------------------------
 # Name mappings between our registry and the papers' tables (paper_results.csv)
 
-#: our method name -> the method names the papers' tables use (compared case-insensitively: the CSV spells both
-#: "EMR-Merging" and "EMR-merging"). ``{loss}`` is filled from the run's ``loss`` parameter, upper-case, and such
-#: a pattern also matches the paper's "<pattern> (λ = x)" rows (the paper tunes λ per backbone; a row with our λ
-#: is preferred when there is one). Names we have no method for (df_merge, mow, mtl) are here so paper-only rows
-#: land in the right group and place.
-PAPER_METHODS: dict[str, tuple[str, ...]] = {
-    "pretrained": ("Pre-trained",),
-    "mtl": ("Traditional MTL",),
-    "traditional_mtl": ("Traditional MTL",),
-    "individual": ("Individual",),
-    "weight_average": ("Weight-Averaging",),
-    "task_arithmetic": ("Task-Arithmetic",),
-    "dare": ("DARE",),
-    "ties": ("Ties-Merging",),
-    "fisher": ("Fisher Merging",),
-    "df_merge": ("DF-Merge",),
-    "regmean": ("RegMean",),
-    "adamerging": ("AdaMerging",),
-    "adamerging_pp": ("AdaMerging++",),
-    "emr": ("EMR-Merging",),
-    "twin": ("Twin-Merging",),
-    "mow": ("MoW-Merging",),
-    "t_switch": ("T-Switch",),
-    "auto_switch": ("Auto-Switch", "Auto-Switch (CVPR)"),  # the journal's and the conference paper's figures
-    "flexswitch": ("FlexSwitch+{loss}",),  # the CSV has no plain FlexSwitch rows (only ablations in the paper)
-    "auto_flexswitch": ("Auto-FlexSwitch+{loss}",),
+#: Paper rows of methods we have no plugin for, so that their paper-only rows land in the right group and place:
+#: ``name -> (paper row names, type, order)``. Every registered method declares its own paper rows and order at
+#: registration (``METHODS.register(..., paper_rows=..., order=...)``, see :mod:`benchmark.registry`).
+PAPER_ONLY_METHODS: dict[str, tuple[tuple[str, ...], str, int]] = {
+    "mtl": (("Traditional MTL",), "reference", 10),
+    "traditional_mtl": (("Traditional MTL",), "reference", 20),
+    "df_merge": (("DF-Merge",), "static", 90),
+    "mow": (("MoW-Merging",), "dynamic", 150),
 }
 
-#: Row order inside each type group: the papers' order. Methods not listed follow, alphabetically.
-METHOD_ORDER: tuple[str, ...] = (
-    "pretrained", "mtl", "traditional_mtl", "individual",
-    "weight_average", "task_arithmetic", "dare", "ties", "fisher", "df_merge", "regmean", "adamerging",
-    "adamerging_pp",
-    "emr", "twin", "mow", "t_switch", "auto_switch", "flexswitch", "auto_flexswitch",
-)
 
-#: The type of a paper-only row (the CSV has no type column).
-PAPER_METHOD_TYPES: dict[str, str] = {
-    "pretrained": "reference", "mtl": "reference", "traditional_mtl": "reference", "individual": "reference",
-    "weight_average": "static", "task_arithmetic": "static", "dare": "static", "ties": "static",
-    "fisher": "static", "df_merge": "static", "regmean": "static", "adamerging": "static", "adamerging_pp": "static",
-    "emr": "dynamic", "twin": "dynamic", "mow": "dynamic", "t_switch": "dynamic", "auto_switch": "dynamic",
-    "flexswitch": "dynamic", "auto_flexswitch": "dynamic",
-}
+@dataclass(frozen=True)
+class MethodInfo:
+    """How the leaderboard shows one method: its rows in the papers' tables (compared case-insensitively: the CSV
+    spells both "EMR-Merging" and "EMR-merging"; ``{loss}`` is filled from the run's ``loss`` parameter,
+    upper-case, and such a pattern also matches the paper's "<pattern> (λ = x)" rows, a row with our λ preferred),
+    its type (reference / static / dynamic) and its order within the type."""
+
+    paper_rows: tuple[str, ...]
+    type: str
+    order: int
+
+
+def method_infos() -> dict[str, MethodInfo]:
+    """Every method the leaderboard knows, in display order: the registered methods (from their registration)
+    and :data:`PAPER_ONLY_METHODS`. Empty for the registered part when the registry cannot be loaded."""
+    out: dict[str, MethodInfo] = {n: MethodInfo(rows, typ, order) for n, (rows, typ, order) in PAPER_ONLY_METHODS.items()}
+    for p in _registered_methods():
+        typ = "reference" if getattr(p.obj, "reference", False) else row_type(p.obj.kind)
+        out[p.name] = MethodInfo(p.paper_rows, typ, p.order)
+    return dict(sorted(out.items(), key=lambda kv: (kv[1].order, kv[0])))
+
+
+def _registered_methods() -> list[Any]:
+    global _warned_registry
+    try:
+        from benchmark.registry import METHODS
+
+        return METHODS.plugins()
+    except Exception as e:  # noqa: BLE001 -- labels and order degrade, the leaderboard still renders
+        if not _warned_registry:
+            warnings.warn(f"leaderboard: method registry unavailable ({e!r}); labels show every parameter")
+            _warned_registry = True
+        return []
+
+
+def paper_methods() -> dict[str, tuple[str, ...]]:
+    """Our method name -> the method names the papers' tables use, in display order."""
+    return {n: i.paper_rows for n, i in method_infos().items() if i.paper_rows}
+
 
 #: our task name (normalized: lower case, letters and digits only) -> the papers' task name.
 PAPER_TASKS: dict[str, str] = {
@@ -158,11 +168,9 @@ def row_type(method_kind: str) -> str:
     return method_kind or "static"
 
 
-def _method_key(method: str) -> tuple[int, str]:
-    try:
-        return (METHOD_ORDER.index(method), method)
-    except ValueError:
-        return (len(METHOD_ORDER), method)
+def _method_key(method: str, infos: Mapping[str, MethodInfo] | None = None) -> tuple[int, str]:
+    info = (method_infos() if infos is None else infos).get(method)
+    return (info.order if info is not None else DEFAULT_ORDER, method)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -207,7 +215,7 @@ def _load_paper_results(path: str) -> tuple[PaperRow, ...]:
 def _paper_key(paper_method: str) -> str | None:
     """Our method name for a paper method name (for placement of paper-only rows)."""
     low = paper_method.lower()
-    for ours, names in PAPER_METHODS.items():
+    for ours, names in paper_methods().items():
         for pat in names:
             if "{loss}" in pat:
                 if low.startswith(pat.split("{loss}")[0].lower()):
@@ -225,7 +233,7 @@ def _lambda_of(paper_method: str) -> float | None:
 def match_paper_rows(method: str, params: Mapping[str, Any], candidates: Sequence[PaperRow]) -> list[PaperRow]:
     """The paper rows (of one table) that report ``method`` run with ``params``."""
     out: list[PaperRow] = []
-    for pat in PAPER_METHODS.get(method, ()):
+    for pat in paper_methods().get(method, ()):
         if "{loss}" in pat:
             loss = params.get("loss")
             if not isinstance(loss, str):
@@ -510,7 +518,8 @@ def _build_table(profile, backbone, suite, recs, paper, defaults, task_order) ->
         if p.order in used:
             continue
         method = _paper_key(p.method) or ""
-        typ = PAPER_METHOD_TYPES.get(method, "dynamic" if p.storage_mb is not None else "static")
+        info = method_infos().get(method)
+        typ = info.type if info is not None else ("dynamic" if p.storage_mb is not None else "static")
         key = (TYPE_RANK.get(typ, 9), typ, *_method_key(method or "~" + p.method), 1, f"{p.order:06d}")
         entries.append((key, [paper_row(p, "paper-only", typ, method)]))
     entries.sort(key=lambda e: e[0])

@@ -14,6 +14,18 @@ Modules in the in-repo packages (``methods``, ``methods.codecs``, ``backbones``,
 use, so a new file is enough. Plugins living outside the repo expose a Python entry point in the group
 ``merge_bench.<kind>s`` (``merge_bench.methods``, ``merge_bench.backbones``, ...) whose target module registers
 itself on import, or is the decorated class itself.
+
+Each registry refuses a plugin that does not subclass its kind's contract base class (methods:
+:class:`benchmark.contract.Method`, backbones: ``Backbone``, suites: ``Suite``, codecs:
+:class:`benchmark.storage.Codec`), and a method whose ``kind`` is not one of ``static``, ``task_conditioned``,
+``routed``.
+
+Methods also declare how the leaderboard shows them (:mod:`benchmark.leaderboard`): ``paper_rows``, the names of
+their rows in the papers' tables (``paper_results.csv``; ``{loss}`` is filled from the run's ``loss`` parameter),
+and ``order``, their place among the rows of their type (the papers' order; methods without one follow,
+alphabetically)::
+
+    @METHODS.register("ties", summary="...", paper="...", paper_rows=("Ties-Merging",), order=70)
 """
 from __future__ import annotations
 
@@ -23,7 +35,13 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-__all__ = ["Param", "Plugin", "Registry", "RegistryError", "METHODS", "BACKBONES", "SUITES", "CODECS"]
+__all__ = ["Param", "Plugin", "Registry", "RegistryError", "METHODS", "BACKBONES", "SUITES", "CODECS",
+           "METHOD_KINDS", "DEFAULT_ORDER"]
+
+#: the merged-model kinds a method may declare (``Method.kind``)
+METHOD_KINDS = ("static", "task_conditioned", "routed")
+#: the display order of a method that declares none: after every declared one
+DEFAULT_ORDER = 10_000
 
 
 class RegistryError(ValueError):
@@ -111,6 +129,16 @@ class Plugin:
     obj: Any
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def paper_rows(self) -> tuple[str, ...]:
+        """The names of this method's rows in the papers' tables (declared at registration)."""
+        return tuple(self.meta.get("paper_rows", ()))
+
+    @property
+    def order(self) -> int:
+        """The method's place among the rows of its type (declared at registration; :data:`DEFAULT_ORDER` else)."""
+        return int(self.meta.get("order", DEFAULT_ORDER))
+
     def resolve(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Defaults overlaid with ``overrides``; every value validated. Unknown keys are an error."""
         overrides = dict(overrides or {})
@@ -129,10 +157,11 @@ class Plugin:
 class Registry:
     """``name -> Plugin`` for one kind, filled by decorators and entry points."""
 
-    def __init__(self, kind: str, packages: Iterable[str], entry_point_group: str):
+    def __init__(self, kind: str, packages: Iterable[str], entry_point_group: str, base: str | None = None):
         self.kind = kind
         self._packages = tuple(packages)
         self.entry_point_group = entry_point_group
+        self.base = base  # "module:Class" that every plugin must subclass (imported on first registration)
         self._plugins: dict[str, Plugin] = {}
         self._loaded = False
 
@@ -151,8 +180,14 @@ class Registry:
             raise ValueError(f"{self.kind} '{name}': duplicate parameter names {names}")
         for p in params:  # a plugin whose own default is invalid is a programming error, caught at import
             p.coerce(p.default, f"{self.kind} '{name}'")
+        rows = meta.get("paper_rows", ())
+        if isinstance(rows, str) or not all(isinstance(r, str) for r in rows):
+            raise ValueError(f"{self.kind} '{name}': paper_rows must be a tuple of names, got {rows!r}")
+        if "order" in meta and (isinstance(meta["order"], bool) or not isinstance(meta["order"], int)):
+            raise ValueError(f"{self.kind} '{name}': order must be an int, got {meta['order']!r}")
 
         def deco(obj: Any) -> Any:
+            self._check(name, obj)
             if name in self._plugins and self._plugins[name].obj is not obj:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
             self._plugins[name] = Plugin(name, self.kind, summary, paper, params, obj, dict(meta))
@@ -160,6 +195,23 @@ class Registry:
             return obj
 
         return deco
+
+    def _check(self, name: str, obj: Any) -> None:
+        """The contract: a subclass of the kind's base class; a method declares a valid ``kind``."""
+        if self.base is None:
+            return
+        mod, _, cls = self.base.partition(":")
+        base = getattr(importlib.import_module(mod), cls)
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            what = obj.__name__ if isinstance(obj, type) else repr(obj)
+            raise RegistryError(f"{self.kind} '{name}': {what} does not subclass {mod}.{cls}")
+        if self.kind == "method" and getattr(obj, "kind", None) not in METHOD_KINDS:
+            raise RegistryError(f"method '{name}': kind {getattr(obj, 'kind', None)!r} is not one of "
+                                f"{', '.join(METHOD_KINDS)}")
+
+    def unregister(self, name: str) -> None:
+        """Remove a plugin (tests that register temporary plugins clean up with it)."""
+        self._plugins.pop(name, None)
 
     def _load(self) -> None:
         if self._loaded:
@@ -197,7 +249,7 @@ class Registry:
         return name in self._plugins
 
 
-METHODS = Registry("method", ["methods"], "merge_bench.methods")
-CODECS = Registry("codec", ["methods.codecs"], "merge_bench.codecs")
-BACKBONES = Registry("backbone", ["backbones"], "merge_bench.backbones")
-SUITES = Registry("suite", ["tasks"], "merge_bench.suites")
+METHODS = Registry("method", ["methods"], "merge_bench.methods", base="benchmark.contract:Method")
+CODECS = Registry("codec", ["methods.codecs"], "merge_bench.codecs", base="benchmark.storage:Codec")
+BACKBONES = Registry("backbone", ["backbones"], "merge_bench.backbones", base="benchmark.contract:Backbone")
+SUITES = Registry("suite", ["tasks"], "merge_bench.suites", base="benchmark.contract:Suite")

@@ -180,6 +180,14 @@ def evaluate(
     return out
 
 
+def check_kind(name: str, method: Method, merged: Merged) -> None:
+    """The method contract: ``load`` returns a model of the kind the method declares."""
+    if not isinstance(merged, Merged) or merged.kind != method.kind:
+        got = getattr(merged, "kind", None)
+        raise TypeError(f"method {name!r} declares kind {method.kind!r} but its load returned "
+                        f"{type(merged).__name__} (kind {got!r})")
+
+
 def make_backbone(res: Resolved, cache: Cache) -> Backbone:
     spec = res.spec
     suite: Suite = res.suite.obj(profile=spec.profile, seed=spec.seed, cache=cache, progress=spec.progress)
@@ -223,6 +231,7 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path]:
     codecs_used = sorted({a.codec for a in artifacts.values()})
     del artifacts  # only what came back from the file may reach the evaluated model
     merged = method.load(reloaded, pool.pretrained, tasks)
+    check_kind(spec.method, method, merged)
 
     t0 = time.perf_counter()
     ev = evaluate(backbone, merged, spec.batch_size, spec.progress)

@@ -32,7 +32,6 @@ from tqdm.auto import tqdm
 from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, StaticModel
 from benchmark.errors import UserError
 from benchmark.registry import Param
-from methods.regmean import data_seed
 
 GRANULARITIES = ("layer", "task")
 SPLITS = ("test", "train")
@@ -84,12 +83,9 @@ def adapt_coefficients(
     keys = list(pool.pretrained)
     n_draw = adapt_examples if adapt_examples is not None else None
     data = {}
-    for ti, task in enumerate(pool.tasks):
-        seed = data_seed(pool, ti, salt=3)
-        if adapt_split == "test":
-            data[task] = ops.test_inputs(task, n_draw, seed)
-        else:
-            data[task] = ops.exemplars(task, n_draw if n_draw is not None else 1024, seed)
+    for task in pool.tasks:  # salt 3: AdaMerging's own draw (Pool.exemplar_seed)
+        n_task = n_draw if adapt_split == "test" or n_draw is not None else 1024
+        data[task] = pool.exemplars(task, n_task, split=adapt_split, salt=3)
     raw = torch.nn.Parameter(init_coefficients(len(vectors), keys, granularity, init))
     opt = torch.optim.Adam([raw], lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
     gen = pool.generator(salt=4242)

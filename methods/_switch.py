@@ -40,7 +40,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from benchmark.contract import Artifacts, Pool, StateDict, task_vectors
+from benchmark.contract import Artifacts, Pool, StateDict
 from benchmark.registry import Param
 from methods.codecs._sparse import SparseCodes
 
@@ -127,11 +127,10 @@ def signs(sc: SparseCodes) -> Tensor:
 def add_switches(arts: Artifacts, pool: Pool, params: Mapping[str, Any]) -> None:
     """Artifacts ``switch/<task>`` (dict module -> SparseCodes, with ``params['codec']``) and ``knobs/<task>``
     (float32 ``[L]``, codec ``tensor``). The knobs follow the module order of the task's switch artifact, which the
-    switch codecs record (their ``names``), so :class:`SwitchBank` rebuilds from the file alone. One task vector is
-    held at a time."""
+    switch codecs record (their ``names``), so :class:`SwitchBank` rebuilds from the file alone. One tensor of one
+    task vector is computed at a time (``pool.task_vector``)."""
     for t in pool.tasks:
-        tau = task_vectors(pool.pretrained, {t: pool.finetuned[t]})[t]
-        codes, knobs = task_switch(tau, params["alpha"])
+        codes, knobs = task_switch(pool.task_vector(t), params["alpha"])
         arts.add(f"switch/{t}", codes, codec=params["codec"])
         arts.add(f"knobs/{t}", knobs, codec="tensor")
 

@@ -28,6 +28,8 @@ from methods._adamerging_core import ADA_PARAMS, AdaMergingBase
     summary="Static: task/layer-wise merging coefficients learned by entropy minimization on unlabeled test inputs.",
     paper="Yang et al. 2024, AdaMerging: Adaptive Model Merging for Multi-Task Learning (ICLR), Sec. 3.2-3.3",
     params=ADA_PARAMS,
+    paper_rows=("AdaMerging",),
+    order=110,
 )
 class AdaMerging(AdaMergingBase):
     kind = "static"

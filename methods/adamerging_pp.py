@@ -46,6 +46,8 @@ def ties_selected_vectors(vectors: Sequence[Mapping[str, Tensor]], topk: float =
         Param("topk", float, 20.0, "TIES trim: percent of each task vector's entries kept (official K = 20)",
               lo=0.0, hi=100.0),
     ],
+    paper_rows=("AdaMerging++",),
+    order=120,
 )
 class AdaMergingPP(AdaMergingBase):
     kind = "static"

@@ -28,17 +28,11 @@ from torch import Tensor
 
 from benchmark.contract import Artifacts, Merged, Method, Pool, RoutedModel, StateDict
 from benchmark.registry import METHODS, Param
-from methods.flexswitch import FLEX_PARAMS, exemplar_seed, heatmap, learn_switches, load_switches
+from benchmark.routing import exemplar_features, knn_route, knn_task_weights  # noqa: F401 (knn_task_weights: public)
+# Auto-FlexSwitch is defined on FlexSwitch: its task vectors are FlexSwitch's, learned and stored by its public API
+from methods.flexswitch import FLEX_PARAMS, heatmap, learn_switches, load_switches
 
 ROUTINGS = ("learned_metric", "centres", "plain_knn")
-
-
-def knn_task_weights(dist: Tensor, labels: Tensor, n_tasks: int, neighbours: int) -> Tensor:
-    """Eq. 5: w_k(x) = |Q_k ∩ N_x| / |N_x| with N_x the ``neighbours`` nearest references. ``dist`` is [B, M]."""
-    c = min(neighbours, dist.shape[1])
-    idx = dist.topk(c, dim=1, largest=False).indices
-    votes = torch.nn.functional.one_hot(labels[idx], n_tasks).sum(1)
-    return votes.to(torch.float32) / c
 
 
 def kmeans_centres(feats: Tensor, n_centres: int, seed: int) -> Tensor:
@@ -106,15 +100,8 @@ class AutoFlexSwitchModel(RoutedModel):
         self._summary = summary
 
     def route(self, features: Tensor) -> Tensor:
-        per_query = features.dim() == 3
-        f = features.reshape(-1, features.shape[-1]).to(torch.float32)
-        if self._L is not None:
-            f = f @ self._L.T
-        w = knn_task_weights(torch.cdist(f, self._refs), self._labels, self._k, self._c)
-        if not per_query:
-            return w
-        votes = torch.nn.functional.one_hot(w.argmax(1), self._k).reshape(features.shape[0], features.shape[1], -1)
-        return torch.nn.functional.one_hot(votes.sum(1).argmax(1), self._k).to(torch.float32)
+        # torch.cdist's default mode, as the committed records were computed
+        return knn_route(features, self._refs, self._labels, self._k, self._c, project=self._L, exact=False)
 
     def weights(self, mix: Tensor) -> StateDict:
         out = {}
@@ -146,6 +133,8 @@ class AutoFlexSwitchModel(RoutedModel):
         Param("neighbours", int, 10, "C, the neighbours of the KNN (Eq. 5)", lo=1),
         Param("routing", str, "learned_metric", "ablation: learned_metric, centres, plain_knn", choices=ROUTINGS),
     ],
+    paper_rows=("Auto-FlexSwitch+{loss}",),
+    order=190,
 )
 class AutoFlexSwitch(Method):
     kind = "routed"
@@ -154,15 +143,9 @@ class AutoFlexSwitch(Method):
         p = self.params
         arts = Artifacts()
         history = learn_switches(pool, p, arts, pool.progress)
-        feats, labels = [], []
-        for ti, task in enumerate(pool.tasks):
-            x = pool.ops.exemplars(task, p["n_exemplars"], exemplar_seed(pool, ti))
-            with torch.no_grad():
-                f = pool.ops.features(None, x)
-            f = f.reshape(-1, f.shape[-1]).to(torch.float32)  # per-query detectors: every query is a sample
-            feats.append(f)
-            labels.append(torch.full((f.shape[0],), ti, dtype=torch.long))
-        feats_t, labels_t = torch.cat(feats), torch.cat(labels)
+        # per-query detectors: every query is a sample; the same exemplars (salt 0) as the switches learned on
+        feats_t, labels_t = exemplar_features(pool, p["n_exemplars"])
+        feats = [feats_t[labels_t == ti] for ti in range(len(pool.tasks))]
         if p["routing"] == "plain_knn":
             arts.add("refs", feats_t, codec="tensor")
             arts.add("ref_labels", labels_t.to(torch.uint8), codec="tensor")

@@ -6,8 +6,8 @@ conference version ../shared/papers/t-switch.txt, Sec. 3.4 (Eq. 8) and supplemen
 The switch maths (Eq. 2-4) and its open points are in :mod:`methods._switch`.
 
 * Query sets: ``Q_k = {f_ex(x; theta) : x in E_k}``, f_ex of the *pretrained* model on ``n_exemplars`` unlabeled
-  train-split exemplars per task (``pool.ops.exemplars``, drawn with the same seed rule as Auto-FlexSwitch's, so
-  both see the same exemplars).
+  train-split exemplars per task (``pool.exemplars``, salt 0, the same draw as Auto-FlexSwitch's, so both see the
+  same exemplars; :func:`benchmark.routing.exemplar_features`).
 * Routing (Eq. 5): the ``neighbours`` (C) nearest members of ``Q = ∪_k Q_k`` to ``f_ex(x; theta)`` under the
   Euclidean distance, ``w_k(x) = |Q_k ∩ N_x| / |N_x|`` and ``theta(x) = theta + sum_k w_k(x) beta_k A_k ⊙ P_k``.
   Per sample: the runner groups samples whose weight rows are equal and builds one model per group.
@@ -40,14 +40,12 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from benchmark.contract import Artifacts, Merged, Method, Pool, RoutedModel, StateDict
 from benchmark.registry import METHODS, Param
+from benchmark.routing import exemplar_features, knn_route
 from methods._switch import SWITCH_PARAMS, SwitchBank, add_switches
-from methods.auto_flexswitch import knn_task_weights
-from methods.flexswitch import exemplar_seed
 
 QUERY_DTYPES = ("float32", "float16")
 
@@ -55,26 +53,13 @@ QUERY_DTYPES = ("float32", "float16")
 def query_set(pool: Pool, n: int) -> tuple[Tensor, Tensor]:
     """f_ex of the pretrained model on ``n`` exemplars per task: features ``[M, e]`` (float32; per-query features
     are flattened, every query a member) and their task indices ``[M]``."""
-    feats, labels = [], []
-    for ti, task in enumerate(pool.tasks):
-        x = pool.ops.exemplars(task, n, exemplar_seed(pool, ti))
-        with torch.no_grad():
-            f = pool.ops.features(None, x)
-        f = f.reshape(-1, f.shape[-1]).to(torch.float32)
-        feats.append(f)
-        labels.append(torch.full((f.shape[0],), ti, dtype=torch.long))
-    return torch.cat(feats), torch.cat(labels)
+    return exemplar_features(pool, n)
 
 
 def knn_weights(features: Tensor, queries: Tensor, labels: Tensor, n_tasks: int, neighbours: int) -> Tensor:
-    """Eq. 5 for every sample: ``[B, K]``. ``features`` is ``[B, e]``, or ``[B, Q, e]`` (majority vote per image)."""
-    f = features.reshape(-1, features.shape[-1]).to(torch.float32)
-    dist = torch.cdist(f, queries, compute_mode="donot_use_mm_for_euclid_dist")
-    w = knn_task_weights(dist, labels, n_tasks, neighbours)
-    if features.dim() != 3:
-        return w
-    votes = F.one_hot(w.argmax(1), n_tasks).reshape(features.shape[0], features.shape[1], n_tasks).sum(1)
-    return F.one_hot(votes.argmax(1), n_tasks).to(torch.float32)
+    """Eq. 5 for every sample: ``[B, K]``. ``features`` is ``[B, e]``, or ``[B, Q, e]`` (majority vote per image);
+    exact Euclidean distances (:func:`benchmark.routing.knn_route`)."""
+    return knn_route(features, queries, labels, n_tasks, neighbours, exact=True)
 
 
 class AutoSwitchModel(RoutedModel):
@@ -112,6 +97,8 @@ class AutoSwitchModel(RoutedModel):
         Param("batch_average", bool, False, "official-code variant: one batch-mean weight row per evaluation batch"),
         Param("query_dtype", str, "float32", "storage dtype of the query features", choices=QUERY_DTYPES),
     ],
+    paper_rows=("Auto-Switch", "Auto-Switch (CVPR)"),
+    order=170,
 )
 class AutoSwitch(Method):
     kind = "routed"

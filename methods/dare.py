@@ -43,9 +43,10 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, StaticModel
+from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, StaticModel, as_vector_list
 from benchmark.registry import METHODS, Param
-from methods.task_arithmetic import as_vector_list, lazy_task_vectors, task_arithmetic_merge
+# DARE is defined on its base merge (DARE + task arithmetic, DARE + TIES): their public functions
+from methods.task_arithmetic import task_arithmetic_merge
 from methods.ties import MERGE_FUNCS, TOPK_SCOPES, ties_merge
 
 DARE_SALT = 0xDA2E
@@ -152,13 +153,15 @@ def pool_seeds(pool: Pool) -> list[dict[str, int]]:
               choices=TOPK_SCOPES),
         Param("merge_func", str, "dis-mean", "base=ties: disjoint merge function", choices=MERGE_FUNCS),
     ],
+    paper_rows=("DARE",),
+    order=60,
 )
 class Dare(Method):
     kind = "static"
 
     def merge(self, pool: Pool) -> Artifacts:
         p = self.params
-        merged = dare_merge(pool.pretrained, lazy_task_vectors(pool), pool_seeds(pool), p["drop_rate"], p["base"],
+        merged = dare_merge(pool.pretrained, pool.lazy_task_vectors(), pool_seeds(pool), p["drop_rate"], p["base"],
                             p["scaling_coef"], p["rescale"], p["topk"], p["topk_scope"], p["merge_func"])
         arts = Artifacts()
         arts.add("merged", merged, codec="state_dict")

@@ -99,6 +99,8 @@ class EMRModel(TaskConditionedModel):
         Param("rescale", str, "code", "rescaler: sum of per-tensor means (official code) or whole-model mean (paper)",
               choices=RESCALE_MODES),
     ],
+    paper_rows=("EMR-Merging",),
+    order=130,
 )
 class EMRMerging(Method):
     kind = "task_conditioned"

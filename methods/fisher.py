@@ -40,9 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, StaticModel
+from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, StaticModel, batches
 from benchmark.registry import METHODS, Param
-from methods.regmean import batches, data_seed
 
 ESTIMATORS = ("exact", "sampled", "batched")
 FLOOR_MODES = ("max", "add")
@@ -176,6 +175,8 @@ def fisher_merge(
               choices=FLOOR_MODES),
         Param("normalize_fisher_weight", bool, True, "weight each model by 1/||F_t|| (normalized to sum 1)"),
     ],
+    paper_rows=("Fisher Merging",),
+    order=80,
 )
 class FisherMerging(Method):
     kind = "static"
@@ -186,7 +187,7 @@ class FisherMerging(Method):
         p = self.params
         fishers = []
         for ti, task in enumerate(pool.tasks):
-            inputs = pool.ops.exemplars(task, p["n_exemplars"], data_seed(pool, ti))
+            inputs = pool.exemplars(task, p["n_exemplars"])
             fishers.append(compute_fisher(pool.ops, task, pool.finetuned[task], inputs, p["estimator"],
                                           p["batch_size"], generator=pool.generator(salt=500 + ti)))
         merged = fisher_merge([pool.finetuned[t] for t in pool.tasks], fishers, p["fisher_floor"], p["floor_mode"],

@@ -215,11 +215,6 @@ class LearnedModule:
         return self.scale * dequantize(self.levels, torch.tensor(self.offset), torch.tensor(self.step))
 
 
-def exemplar_seed(pool: Pool, task_index: int) -> int:
-    """The seed of a task's exemplar draw, shared by the switch learning and the routing queries."""
-    return pool.seed * 1009 + task_index
-
-
 def learn_task_switch(
     pool: Pool, task: str, cfg: FlexConfig, generator: torch.Generator, progress: bool = False
 ) -> tuple[dict[str, LearnedModule], dict[str, list[float]]]:
@@ -231,7 +226,7 @@ def learn_task_switch(
     taus = {k: pool.finetuned[task][k] - pool.pretrained[k] for k in keys}
     rs = {k: ranges(taus[k]) for k in keys}
     n_total = sum(t.numel() for t in taus.values())
-    exemplars = ops.exemplars(task, cfg.n_exemplars, exemplar_seed(pool, pool.tasks.index(task)))
+    exemplars = pool.exemplars(task, cfg.n_exemplars)  # salt 0: the draw Auto-FlexSwitch routes with
     n_ex = ops.num_examples(exemplars)
     # KL compares class distributions; MSE / CKA compare outputs, a detector's boxes included (ModelOps.outputs)
     forward = ops.logits if cfg.loss == "kl" else getattr(ops, "outputs", ops.logits)
@@ -460,6 +455,8 @@ def load_switches(artifacts: Mapping[str, Any], tasks: Sequence[str]) -> tuple[d
     summary="Task-conditioned: learned per-module sparsity (LGS), bit-width (BAS), stored with SASS or entropy coding.",
     paper="Auto-FlexSwitch (auto-flexswitch.txt), Sec. III-C, Eq. 6-17",
     params=FLEX_PARAMS,
+    paper_rows=("FlexSwitch+{loss}",),
+    order=180,
 )
 class FlexSwitch(Method):
     kind = "task_conditioned"

@@ -19,7 +19,8 @@ class _PerTask(TaskConditionedModel):
         return self._w[task]
 
 
-@METHODS.register("individual", summary="Reference row: each task evaluated with its own fine-tuned model.")
+@METHODS.register("individual", summary="Reference row: each task evaluated with its own fine-tuned model.",
+                  paper_rows=("Individual",), order=30)
 class Individual(Method):
     kind = "task_conditioned"
     reference = True

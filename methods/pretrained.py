@@ -7,7 +7,8 @@ from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, Stati
 from benchmark.registry import METHODS
 
 
-@METHODS.register("pretrained", summary="Reference row: the pretrained model, no task knowledge, no storage.")
+@METHODS.register("pretrained", summary="Reference row: the pretrained model, no task knowledge, no storage.",
+                  paper_rows=("Pre-trained",), order=0)
 class Pretrained(Method):
     kind = "static"
     reference = True

@@ -30,19 +30,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, StaticModel
+from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, StaticModel, batches
 from benchmark.registry import METHODS, Param
-
-
-def data_seed(pool: Pool, task_index: int, salt: int = 0) -> int:
-    """The seed of a task's exemplar draw (``salt`` separates independent draws of one method)."""
-    return pool.seed * 1009 + task_index + 7919 * salt
-
-
-def batches(ops: Any, inputs: Any, batch_size: int):
-    n = ops.num_examples(inputs)
-    for s in range(0, n, batch_size):
-        yield ops.slice(inputs, slice(s, min(s + batch_size, n)))
 
 
 def compute_grams(ops: Any, task: str, weights: StateDict, inputs: Any, batch_size: int = 32) -> dict[str, Tensor]:
@@ -155,6 +144,8 @@ def regmean_merge(
         Param("alpha", float, 0.95, "scale of the Gram matrices' off-diagonal entries", lo=0.0, hi=1.0),
         Param("batch_size", int, 32, "exemplars per forward pass", lo=1),
     ],
+    paper_rows=("RegMean",),
+    order=100,
 )
 class RegMean(Method):
     kind = "static"
@@ -163,8 +154,8 @@ class RegMean(Method):
         if pool.ops is None:
             raise ValueError("regmean needs data access (pool.ops) for its Gram matrices")
         acc = RegMeanAccumulator(self.params["alpha"])
-        for ti, task in enumerate(pool.tasks):
-            inputs = pool.ops.exemplars(task, self.params["n_exemplars"], data_seed(pool, ti))
+        for task in pool.tasks:
+            inputs = pool.exemplars(task, self.params["n_exemplars"])
             grams = compute_grams(pool.ops, task, pool.finetuned[task], inputs, self.params["batch_size"])
             if not grams:
                 raise ValueError("the backbone's linear_inputs reported no linear weights; regmean needs them")

@@ -40,6 +40,8 @@ class TSwitchModel(TaskConditionedModel):
     summary="Task-conditioned: per module a P-Spar mask, polarity bits and one L2 knob (binary task switch).",
     paper="T-Switch (auto-flexswitch.txt Sec. III-B, Eq. 2-4; t-switch.txt Sec. 3.4, Eq. 7)",
     params=SWITCH_PARAMS,
+    paper_rows=("T-Switch",),
+    order=160,
 )
 class TSwitch(Method):
     kind = "task_conditioned"

@@ -8,53 +8,20 @@ over the tasks in ``pool.tasks`` order and is then scaled, as fusion-bench's ``t
 config. The auto-flexswitch paper grid-searched it per backbone (its Table II: 0.2 for ViT-B/32 and ConvNeXt,
 0.3 for ViT-L/14, 0.2 for DETR): ``--set scaling_coef=0.2`` reproduces those settings.
 
-The task vectors are never all held at once: :class:`TaskVectorView` computes ``theta_t - theta`` one tensor at a
-time, so merging needs the pool plus a few tensors of working memory.
+The task vectors are never all held at once: the pool's lazy task vectors (:meth:`Pool.lazy_task_vectors`,
+:class:`benchmark.contract.TaskVectorView`) compute ``theta_t - theta`` one tensor at a time, so merging needs the
+pool plus a few tensors of working memory.
 
 Stored: the merged mergeable weights (``state_dict`` codec, natural dtype).
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import Tensor
 
-from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, StaticModel
+from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, StaticModel, as_vector_list
 from benchmark.registry import METHODS, Param
-
-
-class TaskVectorView(Mapping[str, Tensor]):
-    """``theta_t - theta`` computed on access, key by key (nothing cached): a task vector that costs no memory."""
-
-    def __init__(self, finetuned: Mapping[str, Tensor], pretrained: Mapping[str, Tensor]):
-        self.finetuned = finetuned
-        self.pretrained = pretrained
-
-    def __getitem__(self, key: str) -> Tensor:
-        return self.finetuned[key] - self.pretrained[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.pretrained)
-
-    def __len__(self) -> int:
-        return len(self.pretrained)
-
-    def numel(self, key: str) -> int:
-        """The size of tensor ``key`` without computing it."""
-        return self.pretrained[key].numel()
-
-
-def lazy_task_vectors(pool: Pool) -> list[TaskVectorView]:
-    """One :class:`TaskVectorView` per task, in ``pool.tasks`` order."""
-    return [TaskVectorView(pool.finetuned[t], pool.pretrained) for t in pool.tasks]
-
-
-def as_vector_list(task_vectors: Sequence[Mapping[str, Tensor]] | Mapping[str, Mapping[str, Tensor]]
-                   ) -> list[Mapping[str, Tensor]]:
-    """A list of task vectors from a list or a ``task -> task vector`` mapping."""
-    if isinstance(task_vectors, Mapping):
-        return list(task_vectors.values())
-    return list(task_vectors)
 
 
 def task_arithmetic_merge(
@@ -84,12 +51,14 @@ def task_arithmetic_merge(
         Param("scaling_coef", float, 0.3, "lambda, the scale of the summed task vectors (T-Switch supp. Table 5)",
               lo=0.0),
     ],
+    paper_rows=("Task-Arithmetic",),
+    order=50,
 )
 class TaskArithmetic(Method):
     kind = "static"
 
     def merge(self, pool: Pool) -> Artifacts:
-        merged = task_arithmetic_merge(pool.pretrained, lazy_task_vectors(pool), self.params["scaling_coef"])
+        merged = task_arithmetic_merge(pool.pretrained, pool.lazy_task_vectors(), self.params["scaling_coef"])
         arts = Artifacts()
         arts.add("merged", merged, codec="state_dict")
         return arts

@@ -54,9 +54,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, StaticModel
+from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, StaticModel, as_vector_list
 from benchmark.registry import METHODS, Param
-from methods.task_arithmetic import as_vector_list, lazy_task_vectors
 
 TOPK_SCOPES = ("global", "per_tensor")
 MERGE_FUNCS = ("dis-mean", "dis-sum", "dis-max")
@@ -254,13 +253,15 @@ TIES_PARAMS = (
     summary="Static: trim each task vector to its top-k%, elect signs, merge the agreeing entries (disjoint mean).",
     paper="Yadav et al. 2023, TIES-Merging: Resolving Interference When Merging Models (NeurIPS)",
     params=TIES_PARAMS,
+    paper_rows=("Ties-Merging",),
+    order=70,
 )
 class Ties(Method):
     kind = "static"
 
     def merge(self, pool: Pool) -> Artifacts:
         p = self.params
-        merged = ties_merge(pool.pretrained, lazy_task_vectors(pool), p["topk"], p["merge_func"], p["scaling_coef"],
+        merged = ties_merge(pool.pretrained, pool.lazy_task_vectors(), p["topk"], p["merge_func"], p["scaling_coef"],
                             p["topk_scope"])
         arts = Artifacts()
         arts.add("merged", merged, codec="state_dict")

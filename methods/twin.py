@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from benchmark.contract import Artifacts, Merged, Method, Pool, RoutedModel, StateDict
 from benchmark.registry import METHODS, Param
-from methods.regmean import batches, data_seed
+from benchmark.routing import exemplar_features, mean_queries
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -57,7 +57,8 @@ from methods.regmean import batches, data_seed
 
 def shared_delta(vectors: Sequence[Mapping[str, Tensor]], scaling: float) -> StateDict:
     """The shared expert's offset from theta: task arithmetic's ``lambda * sum_t tau_t``."""
-    from methods.task_arithmetic import task_arithmetic_merge  # the suite's task arithmetic, one implementation
+    # Twin-Merging's shared expert is defined as task arithmetic: the suite's one implementation, by its public API
+    from methods.task_arithmetic import task_arithmetic_merge
 
     zero = {k: torch.zeros_like(v) for k, v in vectors[0].items()}
     return task_arithmetic_merge(zero, list(vectors), scaling)
@@ -122,7 +123,7 @@ class Router(nn.Module):
 
 def pooled(features: Tensor) -> Tensor:
     """[B, e] router inputs; per-query features [B, Q, e] are averaged over queries."""
-    return features.mean(dim=tuple(range(1, features.dim() - 1))) if features.dim() > 2 else features
+    return mean_queries(features)
 
 
 def train_router(feats: Tensor, labels: Tensor, n_tasks: int, generator: torch.Generator, hidden_mult: int = 2,
@@ -198,6 +199,8 @@ class TwinModel(RoutedModel):
         Param("router_hidden_mult", int, 2, "router hidden width as a multiple of the feature width", lo=1),
         Param("router_dropout", float, 0.5, "router dropout", lo=0.0, hi=1.0),
     ],
+    paper_rows=("Twin-Merging",),
+    order=140,
 )
 class TwinMerging(Method):
     kind = "routed"
@@ -206,8 +209,7 @@ class TwinMerging(Method):
         if pool.ops is None:
             raise ValueError("twin needs data access (pool.ops) to train its router")
         p = self.params
-        tv = pool.task_vectors()
-        delta = shared_delta([tv[t] for t in pool.tasks], p["scaling"])
+        delta = shared_delta(pool.lazy_task_vectors(), p["scaling"])
         shared = {k: pool.pretrained[k] + delta[k] for k in pool.pretrained}
         arts = Artifacts()
         arts.add("shared_delta", delta, codec="state_dict")
@@ -220,15 +222,9 @@ class TwinMerging(Method):
             arts.add(f"exclusive/{t}/S", ss, codec="state_dict")
             arts.add(f"exclusive/{t}/Vh", vhs, codec="state_dict")
             arts.add(f"exclusive/{t}/dense", dense, codec="state_dict")
-        feats, labels = [], []
-        with torch.no_grad():
-            for ti, t in enumerate(pool.tasks):
-                inputs = pool.ops.exemplars(t, p["router_examples"], data_seed(pool, ti, salt=5))
-                for x in batches(pool.ops, inputs, 256):
-                    f = pooled(pool.ops.features(shared, x)).float().cpu()
-                    feats.append(f)
-                    labels.append(torch.full((f.shape[0],), ti, dtype=torch.long))
-        feats_t, labels_t = torch.cat(feats), torch.cat(labels)
+        # salt 5: the router's own draw (Pool.exemplar_seed); features of the shared expert, 256 per forward
+        feats_t, labels_t = exemplar_features(pool, p["router_examples"], shared, salt=5, batch_size=256,
+                                              reduce=mean_queries)
         router = train_router(feats_t, labels_t, len(pool.tasks), pool.generator(salt=77), p["router_hidden_mult"],
                               p["router_lr"], p["router_epochs"], p["router_batch_size"], p["router_dropout"])
         with torch.no_grad():

@@ -36,6 +36,8 @@ def weight_average_merge(models: Sequence[Mapping[str, Tensor]] | Mapping[str, M
     "weight_average",
     summary="Static: the entry-wise mean of the fine-tuned weights (uniform model soup).",
     paper="Wortsman et al. 2022, Model soups (ICML); FusionBench simple average",
+    paper_rows=("Weight-Averaging",),
+    order=40,
 )
 class WeightAverage(Method):
     kind = "static"

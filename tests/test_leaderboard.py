@@ -347,7 +347,7 @@ def test_name_mappings_are_explicit_and_cover_the_csv():
     assert csv_tasks <= set(lb.PAPER_TASKS.values())
     # method names: every fixed name exists in the CSV, and every CSV method maps back to one of ours
     csv_methods = {p.method.lower() for p in paper}
-    for ours, names in lb.PAPER_METHODS.items():
+    for ours, names in lb.paper_methods().items():
         for n in names:
             if "{loss}" not in n and ours != "traditional_mtl":
                 assert n.lower() in csv_methods, (ours, n)
@@ -355,8 +355,19 @@ def test_name_mappings_are_explicit_and_cover_the_csv():
     assert lb._paper_key("EMR-merging") == "emr" and lb._paper_key("Twin-merging") == "twin"
     assert lb._paper_key("Auto-FlexSwitch+MSE (λ = 0.9)") == "auto_flexswitch"
     assert lb._paper_key("Auto-Switch (CVPR)") == "auto_switch"
-    for ours in lb.PAPER_METHODS:
-        assert ours in lb.METHOD_ORDER and ours in lb.PAPER_METHOD_TYPES
+    # every registered method declares its paper rows at registration, and the leaderboard reads them from there
+    from benchmark.registry import METHODS
+
+    infos = lb.method_infos()
+    for p in METHODS.plugins():
+        if not p.obj.__module__.startswith("methods."):  # test plugins registered by other test modules
+            continue
+        assert p.paper_rows and infos[p.name].paper_rows == p.paper_rows and infos[p.name].order == p.order, p.name
+        assert infos[p.name].type == ("reference" if p.obj.reference else lb.row_type(p.obj.kind))
+    # display order: the papers' (reference block, static methods, dynamic methods)
+    assert list(infos)[:4] == ["pretrained", "mtl", "traditional_mtl", "individual"]
+    assert list(infos).index("fisher") < list(infos).index("df_merge") < list(infos).index("regmean")
+    assert list(infos).index("twin") < list(infos).index("mow") < list(infos).index("t_switch")
 
 
 def test_shipped_csv_is_the_reference():

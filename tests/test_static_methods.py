@@ -124,7 +124,8 @@ def test_weight_average_by_hand():
 
 
 def test_task_arithmetic_by_hand():
-    from methods.task_arithmetic import TaskVectorView, task_arithmetic_merge
+    from benchmark.contract import TaskVectorView
+    from methods.task_arithmetic import task_arithmetic_merge
 
     pre = {"w": t(1, 1), "b": t(0)}
     tvs = [{"w": t(1, -2), "b": t(2)}, {"w": t(3, 4), "b": t(-1)}]
@@ -244,11 +245,11 @@ def test_dare_drop_by_hand():
 
 def test_dare_with_no_drop_is_task_arithmetic_and_dare_ties_is_ties():
     from methods.dare import dare_merge, pool_seeds
-    from methods.task_arithmetic import lazy_task_vectors, task_arithmetic_merge
+    from methods.task_arithmetic import task_arithmetic_merge
     from methods.ties import ties_merge
 
     pool = random_pool()
-    tvs, seeds = lazy_task_vectors(pool), pool_seeds(pool)
+    tvs, seeds = pool.lazy_task_vectors(), pool_seeds(pool)
     assert_sd_close(dare_merge(pool.pretrained, tvs, seeds, drop_rate=0.0),
                     task_arithmetic_merge(pool.pretrained, tvs, 0.3), tol=0)
     assert_sd_close(dare_merge(pool.pretrained, tvs, seeds, drop_rate=0.0, base="ties", merge_func="dis-sum"),
@@ -263,11 +264,10 @@ def test_dare_with_no_drop_is_task_arithmetic_and_dare_ties_is_ties():
 @pytest.mark.parametrize("topk", [20, 50, 7.5])
 @pytest.mark.parametrize("merge_func", ["dis-mean", "dis-sum", "dis-max"])
 def test_ties_matches_fusion_bench_utils(fb, quantized, topk, merge_func):
-    from methods.task_arithmetic import lazy_task_vectors
     from methods.ties import ties_merge, ties_merged_vector
 
     pool = random_pool(n_tasks=5, seed=3, quantized=quantized)
-    tvs = [dict(tv) for tv in lazy_task_vectors(pool)]
+    tvs = [dict(tv) for tv in pool.lazy_task_vectors()]
     u = fb.ties_utils
     flat_tvs = torch.vstack([u.state_dict_to_vector(tv) for tv in tvs])  # sorted keys, as the reference
     ref_tau = u.ties_merging(flat_tvs.clone(), reset_thresh=topk, merge_func=merge_func)
@@ -278,7 +278,7 @@ def test_ties_matches_fusion_bench_utils(fb, quantized, topk, merge_func):
     ours = ties_merged_vector(tvs, topk=topk, merge_func=merge_func)
     torch.testing.assert_close(flat(ours, sorted(ours)), ref_tau, atol=TOL, rtol=TOL)
     ref = u.vector_to_state_dict(u.state_dict_to_vector(pool.pretrained) + 0.3 * ref_tau, pool.pretrained)
-    assert_sd_close(ties_merge(pool.pretrained, lazy_task_vectors(pool), topk, merge_func, 0.3), ref)
+    assert_sd_close(ties_merge(pool.pretrained, pool.lazy_task_vectors(), topk, merge_func, 0.3), ref)
 
 
 def test_ties_per_tensor_matches_reference_pieces(fb):
@@ -453,7 +453,6 @@ def test_pure_functions_reject_bad_options():
 
 def test_dare_is_deterministic_under_a_seed_and_differs_across_seeds():
     from methods.dare import dare_task_vectors, pool_seeds
-    from methods.task_arithmetic import lazy_task_vectors
 
     pool = random_pool(pool_seed=0)
     a = merged_of(make("dare"), pool)
@@ -464,7 +463,7 @@ def test_dare_is_deterministic_under_a_seed_and_differs_across_seeds():
 
     def masks(p):
         return [{k: tv[k] != 0 for k in reversed(list(tv))}  # visiting order does not matter
-                for tv in dare_task_vectors(lazy_task_vectors(p), 0.5, pool_seeds(p))]
+                for tv in dare_task_vectors(p.lazy_task_vectors(), 0.5, pool_seeds(p))]
 
     m0, m0_again, m1 = masks(random_pool(pool_seed=0)), masks(random_pool(pool_seed=0)), masks(random_pool(pool_seed=1))
     key = "a.weight"
@@ -472,7 +471,7 @@ def test_dare_is_deterministic_under_a_seed_and_differs_across_seeds():
     assert not torch.equal(m0[0][key], m1[0][key])  # another seed, other masks
     assert not torch.equal(m0[0][key], m0[1][key])  # tasks get different masks
     # the same mask on every access (TIES reads each dropped vector three times)
-    tv = dare_task_vectors(lazy_task_vectors(random_pool()), 0.5, pool_seeds(random_pool()))[0]
+    tv = dare_task_vectors(random_pool().lazy_task_vectors(), 0.5, pool_seeds(random_pool()))[0]
     assert torch.equal(tv[key], tv[key])
 
 
