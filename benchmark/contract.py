@@ -136,7 +136,8 @@ class ModelOps(Protocol):
     """
 
     def exemplars(self, task: str, n: int, seed: int) -> Any:
-        """``n`` unlabeled inputs of ``task``'s train split (never the test split), seeded."""
+        """``n`` unlabeled inputs of ``task``'s train split (never the test split), seeded. Methods call
+        :meth:`Pool.exemplars`, which derives the seed by the one rule of every method."""
 
     def logits(self, task: str, weights: StateDict | None, inputs: Any) -> Tensor:
         """The task head's outputs for ``inputs`` under ``weights``."""

@@ -104,3 +104,15 @@ def test_entry_point_plugins_are_loaded(monkeypatch, tmp_path):
     assert "mb_ext_plugin" not in sys.modules
     assert reg.names() == ["external_method"]
     assert reg.get("external_method").summary == "from outside the repo"
+
+
+def test_each_registry_refuses_a_plugin_outside_its_contract():
+    from benchmark.registry import BACKBONES, CODECS, METHODS, SUITES
+
+    for reg, base in [(METHODS, "benchmark.contract.Method"), (BACKBONES, "benchmark.contract.Backbone"),
+                      (SUITES, "benchmark.contract.Suite"), (CODECS, "benchmark.storage.Codec")]:
+        plain = type("Plain", (), {"kind": "static"})
+        with pytest.raises(RegistryError) as e:
+            reg.register("test_plain", summary="test")(plain)
+        assert str(e.value) == f"{reg.kind} 'test_plain': Plain does not subclass {base}"
+        assert "test_plain" not in reg
