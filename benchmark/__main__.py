@@ -98,9 +98,35 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return run_sweep(args)
 
 
+def cmd_suite_card(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from benchmark.cache import Cache
+    from benchmark.records import atomic_write_text
+    from benchmark.runner import RunSpec, make_backbone, resolve
+    from benchmark.suite_card import format_card, measure
+
+    # the card measures the suite, not a method: 'pretrained' only makes resolve() check backbone, suite, profile
+    spec = RunSpec(method="pretrained", backbone=args.backbone, suite=args.suite, profile=args.profile,
+                   seed=args.seed, progress=not args.no_progress)
+    res = resolve(spec)
+    out_dir = Path(args.output_dir)
+    try:  # before minutes of work, not after
+        atomic_write_text(out_dir / ".write-test", "")
+        (out_dir / ".write-test").unlink()
+    except OSError as e:
+        raise UserError(f"--output-dir {args.output_dir!r} is not a writable directory ({e.strerror})") from None
+    card = measure(make_backbone(res, Cache()), progress=spec.progress)
+    out = out_dir / f"{card['suite']}-{card['backbone']}-{card['profile']}-s{card['seed']}.json"
+    atomic_write_text(out, json.dumps(card, indent=1, sort_keys=True) + "\n")
+    print(json.dumps(card, sort_keys=True) if args.json else f"{format_card(card)}\ncard: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m benchmark", description="merge-bench: model merging, accuracy against storage")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="{list,run,sweep,leaderboard}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="{list,run,sweep,leaderboard,suite-card}")
     sub.required = True
 
     pl = sub.add_parser("list", help="methods, backbones, suites, codecs and profiles with their parameters")
@@ -148,6 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--results-dir", default="results")
     pb.add_argument("--output", default="leaderboard.md")
     pb.set_defaults(func=cmd_leaderboard)
+
+    pc = sub.add_parser("suite-card", help="measure a suite's properties on a backbone's models (no method involved)")
+    pc.add_argument("--backbone", required=True)
+    pc.add_argument("--suite", default=None, help="default: the backbone's default suite")
+    pc.add_argument("--profile", default="tiny", help="tiny (default) or paper")
+    pc.add_argument("--seed", type=int, default=0)
+    pc.add_argument("--output-dir", default="tasks/cards",
+                    help="where the card's JSON is written (default tasks/cards: a card belongs to its suite)")
+    pc.add_argument("--json", action="store_true", help="print the card as one JSON object")
+    pc.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pc.set_defaults(func=cmd_suite_card)
     return p
 
 

@@ -98,17 +98,15 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def write_record(record: dict[str, Any], results_dir: str | os.PathLike) -> Path:
-    """Validate and write ``<results_dir>/<run_id>.json`` atomically (temp file, fsync, rename)."""
-    validate(record)
-    results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / f"{record['run_id']}.json"
-    fd, tmp = tempfile.mkstemp(dir=results_dir, prefix=f".{path.stem}.", suffix=".tmp")
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically: a temp file beside it, fsync, rename. A reader sees the old file or
+    the whole new one, never a part; a crash leaves at most a dot-named temp file, which readers skip."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(_clean(record), f, indent=1, sort_keys=True)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -116,6 +114,13 @@ def write_record(record: dict[str, Any], results_dir: str | os.PathLike) -> Path
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_record(record: dict[str, Any], results_dir: str | os.PathLike) -> Path:
+    """Validate and write ``<results_dir>/<run_id>.json`` atomically (:func:`atomic_write_text`)."""
+    validate(record)
+    path = Path(results_dir) / f"{record['run_id']}.json"
+    return atomic_write_text(path, json.dumps(_clean(record), indent=1, sort_keys=True) + "\n")
 
 
 def load_records(results_dir: str | os.PathLike) -> list[dict[str, Any]]:

@@ -72,12 +72,15 @@ _CHILD = textwrap.dedent(
     from benchmark import records
     stage = sys.argv[1]
     if stage == "dump":
-        real_dump = json.dump
-        def slow_dump(obj, f, **kw):
-            text = json.dumps(obj, **kw)
-            f.write(text[: len(text) // 2]); f.flush()
-            print("ready", flush=True); time.sleep(60)
-        records.json.dump = slow_dump
+        real_fdopen = os.fdopen
+        class HalfWriter:  # killed halfway through writing the record's text
+            def __init__(self, f): self.f = f
+            def __enter__(self): return self
+            def __exit__(self, *a): return self.f.__exit__(*a)
+            def write(self, text):
+                self.f.write(text[: len(text) // 2]); self.f.flush()
+                print("ready", flush=True); time.sleep(60)
+        records.os.fdopen = lambda fd, mode: HalfWriter(real_fdopen(fd, mode))
     else:
         real_replace = os.replace
         def stuck_replace(a, b):
