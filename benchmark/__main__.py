@@ -92,6 +92,28 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from benchmark.records import load
+
+    if not Path(args.results_dir).is_dir():
+        raise UserError(f"--results-dir {args.results_dir!r} is not a directory")
+    fmt = args.format or {".parquet": "parquet"}.get(Path(args.output or "").suffix, "csv")
+    out = Path(args.output or f"results.{fmt}")
+    frame = load(args.results_dir)
+    if frame.empty:
+        raise UserError(f"--results-dir {args.results_dir!r} holds no records; nothing to export")
+    tmp = out.with_name(f".{out.name}.tmp")  # a reader never sees half a table
+    if fmt == "csv":
+        frame.to_csv(tmp, index=False)
+    else:
+        frame.to_parquet(tmp, index=False)
+    os.replace(tmp, out)
+    print(f"export: {len(frame)} rows ({frame['run_id'].nunique()} runs) -> {out}")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from benchmark.sweep import cmd_sweep as run_sweep
 
@@ -126,7 +148,7 @@ def cmd_suite_card(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m benchmark", description="merge-bench: model merging, accuracy against storage")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="{list,run,sweep,leaderboard,suite-card}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="{list,run,sweep,leaderboard,export,suite-card}")
     sub.required = True
 
     pl = sub.add_parser("list", help="methods, backbones, suites, codecs and profiles with their parameters")
@@ -174,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--results-dir", default="results")
     pb.add_argument("--output", default="leaderboard.md")
     pb.set_defaults(func=cmd_leaderboard)
+
+    pe = sub.add_parser("export", help="the records as one table (one row per run x split x task)")
+    pe.add_argument("--format", choices=["csv", "parquet"], default=None,
+                    help="default: parquet if --output ends in .parquet, else csv")
+    pe.add_argument("--results-dir", default="results")
+    pe.add_argument("--output", default=None, help="default: results.csv or results.parquet")
+    pe.set_defaults(func=cmd_export)
 
     pc = sub.add_parser("suite-card", help="measure a suite's properties on a backbone's models (no method involved)")
     pc.add_argument("--backbone", required=True)

@@ -108,3 +108,41 @@ def test_corrupt_record_is_reported(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(RecordError, match="bad.json"):
         load_records(tmp_path)
+
+
+def test_load_frame_matches_the_json_records(tmp_path):
+    from benchmark.records import load, write_record
+
+    write_record(make_record("b-m-tiny-s0-a1", params={"lam": 0.3, "mode": {"k": 2}, "flag": True},
+                             val_metrics={"t1": 40.0, "t2": 45.0}), tmp_path)
+    write_record(make_record("b-n-tiny-s1-b2", method="n", seed=1, params={"flag": "code"},
+                             metrics={"t1": 10.0, "t2": 20.5}), tmp_path)
+    (tmp_path / ".half.tmp.json").write_text("{")  # a temp file is not a record
+    frame = load(tmp_path)
+    assert len(frame) == 2 * 2 + 2  # run 1: test + val, run 2: test only
+    for path in tmp_path.glob("b-*.json"):
+        rec = json.loads(path.read_text())
+        for split, key in (("test", "metrics"), ("val", "val_metrics")):
+            got = frame[(frame.run_id == rec["run_id"]) & (frame.split == split)]
+            assert dict(zip(got.task, got.score)) == rec.get(key, {})
+            assert set(got.seed) <= {rec["seed"]} and set(got.method) <= {rec["method"]}
+    row = frame[frame.run_id == "b-m-tiny-s0-a1"].iloc[0]
+    assert row["param.lam"] == 0.3 and row["param.mode.k"] == 2
+    # flag is a bool in one run and a string in the other: one JSON-text column, so parquet can store it
+    assert set(frame["param.flag"]) == {"true", '"code"'}
+    frame.to_parquet(tmp_path / "f.parquet")
+    assert load(tmp_path / "nothing").empty
+
+
+def test_export_cli_writes_the_frame(tmp_path):
+    import pandas as pd
+
+    from benchmark.__main__ import main
+    from benchmark.records import load, write_record
+
+    write_record(make_record(), tmp_path / "r")
+    assert main(["export", "--results-dir", str(tmp_path / "r"), "--output", str(tmp_path / "o.parquet")]) == 0
+    assert pd.read_parquet(tmp_path / "o.parquet").equals(load(tmp_path / "r"))
+    assert main(["export", "--results-dir", str(tmp_path / "r"), "--output", str(tmp_path / "o.csv")]) == 0
+    assert list(pd.read_csv(tmp_path / "o.csv").score) == [50.0, 70.0]
+    assert main(["export", "--results-dir", str(tmp_path / "missing")]) == 2
