@@ -1,4 +1,4 @@
-"""``python -m benchmark``: list, run, sweep, leaderboard.
+"""``python -m benchmark``: list, run, sweep, leaderboard, export, suite-card.
 
 User mistakes (unknown names, bad parameters, missing files) print one line on stderr and exit 2, with no
 traceback.
