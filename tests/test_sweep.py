@@ -389,6 +389,11 @@ def test_the_workflow_runs_the_script_on_a_self_hosted_gpu_runner():
     assert wf["permissions"] == {"contents": "write", "pull-requests": "write"}
     for f in on["workflow_dispatch"]["inputs"]["sweeps"]["default"].split():
         assert (REPO / f).is_file(), f
+    # expressions (branch names, inputs) reach the shell through env only: `${{ }}` inside `run:` is shell injection
+    for step in job["steps"]:
+        assert "${{" not in step.get("run", ""), step.get("name")
+    step = next(s for s in job["steps"] if "gpu_leaderboard.sh" in s.get("run", ""))
+    assert step["env"]["BASE_REF"] == "${{ github.ref_name }}" and '--base "$BASE_REF"' in step["run"]
 
 
 def _script(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
