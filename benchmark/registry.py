@@ -29,6 +29,8 @@ alphabetically)::
 """
 from __future__ import annotations
 
+import math
+
 import importlib
 import importlib.metadata
 import pkgutil
@@ -100,6 +102,8 @@ class Param:
             raise RegistryError(
                 f"{owner}: parameter '{self.name}' expects {self.type.__name__}, got {value!r}"
             ) from None
+        if self.type is float and not math.isfinite(out):  # NaN/inf would reach the record as non-JSON NaN/Infinity
+            raise RegistryError(f"{owner}: parameter '{self.name}' must be a finite number; got {value!r}")
         if self.choices is not None and out not in self.choices:
             raise RegistryError(
                 f"{owner}: parameter '{self.name}' must be one of {', '.join(map(str, self.choices))}; got {out!r}"

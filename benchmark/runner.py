@@ -52,6 +52,8 @@ class Resolved:
 
 def resolve(spec: RunSpec) -> Resolved:
     """Validate every input before any work starts; raises a one-line :class:`UserError` naming valid choices."""
+    if not (isinstance(spec.seed, int) and 0 <= spec.seed < 2**32):  # torch and numpy seeds are 32-bit
+        raise UserError(f"--seed must be an integer in [0, 2^32); got {spec.seed!r}")
     if spec.profile not in PROFILES:
         raise UserError(f"unknown profile {spec.profile!r}; valid: {', '.join(PROFILES)}")
     method = METHODS.get(spec.method)

@@ -23,6 +23,15 @@ REPO = Path(__file__).resolve().parent.parent
         (["run", "--backbone", "x"], "the following arguments are required: --method"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["list", "gizmos"], "invalid choice: 'gizmos'"),
+        (["run", "--method", "task_arithmetic", "--backbone", "clip_vit_b32", "--set", "scaling_coef=nan"],
+         "'scaling_coef' must be a finite number; got 'nan'"),
+        (["run", "--method", "task_arithmetic", "--backbone", "clip_vit_b32", "--set", "scaling_coef=inf"],
+         "'scaling_coef' must be a finite number; got 'inf'"),
+        (["run", "--method", "pretrained", "--backbone", "clip_vit_b32", "--seed", str(2**32)],
+         "--seed must be an integer in [0, 2^32); got 4294967296"),
+        (["run", "--method", "pretrained", "--backbone", "clip_vit_b32", "--seed", "-1"], "in [0, 2^32); got -1"),
+        (["suite-card", "--backbone", "clip_vit_b32", "--seed", "-3"], "in [0, 2^32); got -3"),
+        (["export", "--format", "xml"], "invalid choice: 'xml'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(argv, fragment, capsys):
