@@ -861,10 +861,19 @@ def _write_if_changed(path: Path, data: bytes) -> None:
 
 def write_leaderboard(results_dir: str | os.PathLike = "results", output: str | os.PathLike = "leaderboard.md") -> Path:
     """Write ``output`` and its plots (``<output dir>/<output stem>/<profile>_<backbone>_<suite>.png``) from the
-    records under ``results_dir``; returns the path of ``output``. No records: a leaderboard saying so."""
+    records under ``results_dir``; returns the path of ``output``.
+
+    A missing results dir, or one without records, is refused (:class:`UserError`) before anything is written: a
+    mistyped ``--results-dir`` must not cut ``leaderboard.md`` to nothing and delete every plot."""
+    from benchmark.errors import UserError
+
     output = Path(output)
     results_dir = Path(results_dir)
-    records = load_records(results_dir) if results_dir.exists() else []
+    if not results_dir.is_dir():
+        raise UserError(f"--results-dir {str(results_dir)!r} is not a directory; the leaderboard was left as it is")
+    records = load_records(results_dir)
+    if not records:
+        raise UserError(f"--results-dir {str(results_dir)!r} holds no records; the leaderboard was left as it is")
     tables = build_tables(records)
     plot_dir = output.parent / output.stem
     links: dict[str, str] = {}

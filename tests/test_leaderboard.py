@@ -133,14 +133,18 @@ def test_stale_plots_are_removed(tmp_path):
     assert sorted(p.name for p in (tmp_path / "leaderboard").iterdir()) == ["paper_clip_vit_b32_vision8.png"]
 
 
-def test_empty_results_dir_says_no_runs(tmp_path):
-    (tmp_path / "results").mkdir()
-    out = lb.write_leaderboard(tmp_path / "results", tmp_path / "leaderboard.md")
-    text = out.read_text()
-    assert "No runs yet" in text and "python -m benchmark leaderboard" in text
-    assert not (tmp_path / "leaderboard").exists()
-    out2 = lb.write_leaderboard(tmp_path / "missing", tmp_path / "lb2.md")  # no results dir at all
-    assert "No runs yet" in out2.read_text()
+def test_an_empty_or_missing_results_dir_is_refused_and_nothing_is_touched(tmp_path):
+    from benchmark.__main__ import main
+
+    res, out = tmp_path / "results", tmp_path / "leaderboard.md"
+    for r in sample_records():
+        write_record(r, res)
+    lb.write_leaderboard(res, out)
+    before = out.read_bytes(), sorted((tmp_path / "leaderboard").iterdir())
+    (tmp_path / "empty").mkdir()
+    for bad in ("empty", "missing"):  # e.g. a mistyped --results-dir
+        assert main(["leaderboard", "--results-dir", str(tmp_path / bad), "--output", str(out)]) == 2
+    assert (out.read_bytes(), sorted((tmp_path / "leaderboard").iterdir())) == before
 
 
 def test_cli_leaderboard(tmp_path, capsys):
