@@ -219,6 +219,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    from benchmark.records import RecordWarning
+
+    show = warnings.showwarning
+
+    def one_line(message, category, *a, **k):  # a skipped record is one line on stderr, not a source excerpt
+        if issubclass(category, RecordWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *a, **k)
+
+    if not getattr(warnings.showwarning, "one_line", False):
+        one_line.one_line = True
+        warnings.showwarning = one_line
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)

@@ -36,6 +36,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -76,15 +77,42 @@ def config_hash(method: str, params: dict, backbone: str, suite: str, profile: s
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+class RecordWarning(UserWarning):
+    """A file under ``results/`` that is not a valid record was skipped."""
+
+
+#: the type every stable key must have (bool is refused where a number is expected)
+_KEY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "run_id": str, "created": str, "profile": str, "method": str, "method_kind": str, "params": dict,
+    "backbone": str, "suite": str, "seed": int, "metrics": dict, "metric_names": dict, "average": (int, float),
+    "storage_bytes": int, "storage_breakdown": dict, "timings": dict, "peak_rss_bytes": int, "versions": dict,
+    "git_commit": str, "checkpoints": dict, "extra": dict, "config_hash": str,
+}
+
+
 def validate(record: dict[str, Any]) -> None:
+    """Every stable key present with its type; scores finite numbers; sizes and seed non-negative integers."""
+    if not isinstance(record, dict):
+        raise RecordError(f"a record is a JSON object, got {type(record).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in record]
     if missing:
         raise RecordError(f"record {record.get('run_id', '?')} lacks keys {missing}")
-    if not isinstance(record["metrics"], dict) or not record["metrics"]:
+    for key, kind in _KEY_TYPES.items():
+        v = record[key]
+        if isinstance(v, bool) or not isinstance(v, kind):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise RecordError(f"record {record['run_id']!r}: {key} must be {names}, got {v!r:.60}")
+    for key in ("seed", "storage_bytes", "peak_rss_bytes"):
+        if record[key] < 0:
+            raise RecordError(f"record {record['run_id']}: {key} must be >= 0, got {record[key]}")
+    if not record["metrics"]:
         raise RecordError(f"record {record['run_id']}: metrics must be a non-empty task -> value map")
-    for task, v in record["metrics"].items():
-        if not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise RecordError(f"record {record['run_id']}: metric {task!r} is not a finite number: {v!r}")
+    for key in ("metrics", "val_metrics"):
+        for task, v in (record.get(key) or {}).items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise RecordError(f"record {record['run_id']}: {key} {task!r} is not a finite number: {v!r}")
+    if not math.isfinite(record["average"]):
+        raise RecordError(f"record {record['run_id']}: average is not finite: {record['average']!r}")
 
 
 def _clean(obj: Any) -> Any:
@@ -123,18 +151,27 @@ def write_record(record: dict[str, Any], results_dir: str | os.PathLike) -> Path
     return atomic_write_text(path, json.dumps(_clean(record), indent=1, sort_keys=True) + "\n")
 
 
-def load_records(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every valid record under ``results_dir`` (recursively), sorted by run id. Temp files are ignored."""
+def load_records(results_dir: str | os.PathLike, strict: bool = False) -> list[dict[str, Any]]:
+    """Every valid record under ``results_dir`` (recursively), sorted by run id. Temp files are ignored.
+
+    A file that is not JSON or not a valid record (a stray file, a foreign JSON, a damaged record) is skipped with
+    one :class:`RecordWarning` naming it and why; ``strict=True`` raises :class:`RecordError` instead.
+    """
     out = []
     for p in sorted(Path(results_dir).rglob("*.json")):
         if p.name.startswith("."):
             continue
-        with open(p) as f:
+        try:
             try:
-                rec = json.load(f)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{p}: not valid JSON ({e})") from None
-        validate(rec)
+                rec = json.loads(p.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise RecordError(f"not valid JSON ({e})") from None
+            validate(rec)
+        except RecordError as e:
+            if strict:
+                raise RecordError(f"{p}: {e}") from None
+            warnings.warn(f"skipped {p}: {e}", RecordWarning, stacklevel=2)
+            continue
         out.append(rec)
     return sorted(out, key=lambda r: r["run_id"])
 

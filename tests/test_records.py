@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -104,10 +105,33 @@ def test_killed_writer_leaves_no_record(tmp_path, stage):
     assert load_records(tmp_path) == []
 
 
-def test_corrupt_record_is_reported(tmp_path):
+def test_stray_or_corrupt_json_is_skipped_with_a_warning_naming_it(tmp_path):
+    from benchmark.records import RecordWarning
+
+    write_record(make_record(), tmp_path)
     (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "foreign.json").write_text('{"hello": 1}')
+    (tmp_path / "latin1.json").write_bytes(b"\xff\xfe")
+    (tmp_path / "typed.json").write_text(json.dumps(make_record("x", storage_bytes="10 MB")))
+    with pytest.warns(RecordWarning) as caught:
+        (rec,) = load_records(tmp_path)
+    assert rec["run_id"] == "b-m-tiny-s0-abc"
+    msgs = sorted(str(w.message) for w in caught)
+    assert len(msgs) == 4 and all(m.count("\n") == 0 for m in msgs)
+    assert "bad.json: not valid JSON" in msgs[0] and "lacks keys" in msgs[1] and "latin1.json" in msgs[2]
+    assert "storage_bytes must be int, got '10 MB'" in msgs[3]
     with pytest.raises(RecordError, match="bad.json"):
-        load_records(tmp_path)
+        load_records(tmp_path, strict=True)
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("seed", -1, "seed must be >= 0"), ("seed", True, "seed must be int"), ("average", "60", "average must be"),
+    ("params", [], "params must be dict"), ("average", float("inf"), "average is not finite"),
+    ("val_metrics", {"t": float("nan")}, "val_metrics 't' is not a finite number"),
+])
+def test_records_are_validated_by_type(key, value, fragment):
+    with pytest.raises(RecordError, match=re.escape(fragment)):
+        validate(make_record(**{key: value}))
 
 
 def test_load_frame_matches_the_json_records(tmp_path):
