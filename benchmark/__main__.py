@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
 
-    from benchmark.records import RecordWarning
+    from benchmark.records import RecordError, RecordWarning
 
     show = warnings.showwarning
 
@@ -240,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RegistryError as e:  # UserError is one
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RecordError as e:  # e.g. a rerun whose scores differ from its record: said in one line, both kept
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except FileNotFoundError as e:
         print(f"error: file not found: {e.filename or e}", file=sys.stderr)
         return 2

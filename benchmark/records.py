@@ -145,10 +145,36 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_record(record: dict[str, Any], results_dir: str | os.PathLike) -> Path:
-    """Validate and write ``<results_dir>/<run_id>.json`` atomically (:func:`atomic_write_text`)."""
+    """Validate and write ``<results_dir>/<run_id>.json`` atomically (:func:`atomic_write_text`).
+
+    A record already there with the same run id (the same config) but other scores or storage is kept; the new one
+    goes to ``<run_id>.json.rejected`` (not read as a record) and :class:`RecordError` says so."""
     validate(record)
     path = Path(results_dir) / f"{record['run_id']}.json"
-    return atomic_write_text(path, json.dumps(_clean(record), indent=1, sort_keys=True) + "\n")
+    text = json.dumps(_clean(record), indent=1, sort_keys=True) + "\n"
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = None  # nothing there, or nothing readable worth keeping: the new record replaces it
+    if isinstance(old, dict) and (old.get("metrics"), old.get("storage_bytes")) != (
+            _clean(record["metrics"]), record["storage_bytes"]):
+        # same run id (same config) but other scores: a changed cache or code. Never replace silently.
+        kept = atomic_write_text(path.with_name(path.name + ".rejected"), text)
+        raise RecordError(f"{path} exists with other scores or storage (checkpoints {old.get('checkpoints')} vs "
+                          f"{record['checkpoints']}); kept it, and wrote the new record to {kept.name}")
+    return atomic_write_text(path, text)
+
+
+def check_writable(results_dir: str | os.PathLike) -> None:
+    """Create ``results_dir`` and write-test it, so that a run learns of a bad results dir before its work."""
+    d = Path(results_dir)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise RecordError(f"results dir {str(d)!r} is not a writable directory ({e.strerror or e})") from None
 
 
 def load_records(results_dir: str | os.PathLike, strict: bool = False) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from benchmark.cache import Cache
 from benchmark.contract import Backbone, Merged, Method, Pool, RoutedModel, StaticModel, Suite, TaskConditionedModel
 from benchmark.errors import UserError
 from benchmark.profiles import PROFILES
-from benchmark.records import config_hash, write_record
+from benchmark.records import RecordError, check_writable, config_hash, write_record
 from benchmark.registry import BACKBONES, CODECS, METHODS, SUITES, Plugin
 from benchmark.storage import read_artifacts, write_artifacts
 
@@ -201,6 +201,10 @@ def make_backbone(res: Resolved, cache: Cache) -> Backbone:
 
 def run(spec: RunSpec) -> tuple[dict[str, Any], Path]:
     res = resolve(spec)
+    try:
+        check_writable(spec.results_dir)  # before minutes or hours of work, not after
+    except RecordError as e:
+        raise UserError(str(e)) from None
     reset_peak_rss()
     cache = Cache(spec.cache_root)
     torch.manual_seed(spec.seed)

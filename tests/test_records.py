@@ -170,3 +170,25 @@ def test_export_cli_writes_the_frame(tmp_path):
     assert main(["export", "--results-dir", str(tmp_path / "r"), "--output", str(tmp_path / "o.csv")]) == 0
     assert list(pd.read_csv(tmp_path / "o.csv").score) == [50.0, 70.0]
     assert main(["export", "--results-dir", str(tmp_path / "missing")]) == 2
+
+
+def test_a_record_with_other_scores_never_replaces_the_one_there(tmp_path):
+    first = write_record(make_record(), tmp_path)
+    write_record(make_record(created="2026-12-01T00:00:00+00:00"), tmp_path)  # same scores: a rerun, replaced
+    assert json.loads(first.read_text())["created"] == "2026-12-01T00:00:00+00:00"
+    with pytest.raises(RecordError, match="exists with other scores"):
+        write_record(make_record(metrics={"t1": 10.0, "t2": 70.0}, average=40.0), tmp_path)
+    assert json.loads(first.read_text())["metrics"] == {"t1": 50.0, "t2": 70.0}
+    rejected = tmp_path / (first.name + ".rejected")
+    assert json.loads(rejected.read_text())["metrics"]["t1"] == 10.0
+    assert [r["run_id"] for r in load_records(tmp_path)] == ["b-m-tiny-s0-abc"]  # the rejected one is not a record
+
+
+def test_a_bad_results_dir_is_refused_before_the_run(tmp_path, capsys):
+    from benchmark.__main__ import main
+
+    (tmp_path / "file").write_text("")
+    argv = ["run", "--method", "pretrained", "--backbone", "clip_vit_b32", "--profile", "micro", "--no-progress"]
+    assert main(argv + ["--results-dir", str(tmp_path / "file" / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a writable directory" in err and err.count("\n") == 1
