@@ -8,7 +8,10 @@ A module that fails to import here is skipped: the run that needs it raises the 
 reports it."""
 import importlib
 
+from benchmark.executors import die_with_parent
 from benchmark.registry import BACKBONES, CODECS, METHODS, SUITES
+
+die_with_parent()  # this module runs in the fork server only: it must not outlive the sweep that started it
 
 for _registry in (METHODS, CODECS, SUITES):
     _registry.names()

@@ -97,13 +97,20 @@ class SequentialExecutor(Executor):
                 yield _done(r, res)
 
 
-def _die_with_parent() -> None:
-    """Linux: have the kernel SIGKILL this child when the process that forked it exits, so a killed sweep leaves
-    no orphan runs behind (elsewhere a no-op)."""
+def die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this process when the process that started it exits (elsewhere a no-op).
+
+    Called by every run's child (whose parent is the fork server) and by the fork server itself
+    (``benchmark._preload``, whose parent is the sweep): a SIGKILLed sweep then takes the server down, and the
+    server its runs. With the children alone bound, the server outlived the sweep and its runs went on writing
+    records (tests/test_sweep.py::test_a_sigkilled_parallel_sweep_leaves_no_worker_running)."""
     try:
         import ctypes
 
+        parent = os.getppid()
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the binding took: nothing would signal us
+            os._exit(1)
     except (OSError, AttributeError):
         pass
 
@@ -120,7 +127,7 @@ def threads_per_run(jobs: int) -> int | None:
 
 
 def _child(spec: RunSpec, plugins: Sequence[str], conn: mp.connection.Connection, threads: int | None = None) -> None:
-    _die_with_parent()
+    die_with_parent()
     if threads is not None:
         import torch
 

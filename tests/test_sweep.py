@@ -450,3 +450,47 @@ def test_gpu_script_opens_a_pull_request_with_the_records(tmp_path):
     log.unlink()
     again = _script(["micro.yaml"], work, env)
     assert again.returncode == 0 and "no new records" in again.stdout and not log.exists()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process whose ancestry (by /proc's PPid) leads to ``pid`` or that carries the sweep's marker."""
+    kids: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                status = (d / "status").read_text()
+            except OSError:
+                continue
+            ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+            kids[int(d.name)] = ppid
+    out, frontier = set(), {pid}
+    while frontier:
+        frontier = {c for c, p in kids.items() if p in frontier} - out
+        out |= frontier
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_a_sigkilled_parallel_sweep_leaves_no_worker_running(tmp_path):
+    res = tmp_path / "results"
+    f = write(tmp_path / "slow.yaml", sweep_doc(methods={M: {"lam": [0.1, 0.2, 0.3, 0.4], "sleep": 30.0}}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmark", "sweep", str(f), "--results-dir", str(res), "--no-leaderboard",
+         "--no-progress", "--jobs", "2"], cwd=REPO, env=env_with_tests(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    workers: set[int] = set()
+    while time.monotonic() < deadline and len(workers) < 3:  # the fork server and two runs
+        workers = _descendants(proc.pid)
+        time.sleep(0.1)
+    assert len(workers) >= 3, workers
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 5
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        alive = {p for p in workers if Path(f"/proc/{p}").exists()
+                 and "State:\tZ" not in Path(f"/proc/{p}/status").read_text()}
+        time.sleep(0.1)
+    assert not alive, f"workers still running 5 s after the sweep was SIGKILLed: {sorted(alive)}"
+    assert not list(res.glob("[!.]*.json"))  # and none of them wrote a record afterwards
