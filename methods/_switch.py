@@ -145,6 +145,7 @@ class SwitchBank:
         self.signs: dict[str, dict[str, Tensor]] = {}
         self.knobs: dict[str, dict[str, float]] = {}
         self.kept: dict[str, float] = {}
+        self._wide: Tensor | None = None
         for t in self.tasks:
             codes: Mapping[str, SparseCodes] = artifacts[f"switch/{t}"]
             knobs = artifacts[f"knobs/{t}"]
@@ -160,16 +161,35 @@ class SwitchBank:
         """beta A ⊙ P of one module (float32)."""
         return self.knobs[task][key] * self.signs[task][key].to(torch.float32)
 
-    def weights(self, coeffs: Sequence[float]) -> StateDict:
-        """``theta + sum_k coeffs[k] * beta_k A_k ⊙ P_k``, ``coeffs`` in task order; zero coefficients are skipped."""
-        out: StateDict = {}
+    def weights(self, coeffs: Sequence[float], out: StateDict | None = None) -> StateDict:
+        """``theta + sum_k coeffs[k] * beta_k A_k ⊙ P_k`` (Eq. 5; T-Switch's Eq. 7 with one-hot ``coeffs``),
+        ``coeffs`` in task order; zero coefficients are skipped. Written in place into ``out`` when given (a
+        state dict this method returned before), else into new tensors.
+
+        Fused: per module one copy of theta, then per active task the int8 signs are widened into one scratch
+        buffer reused by every module and added with ``alpha = c beta`` -- no full-size temporaries per task.
+        The result is bit-identical to ``acc = acc + (c * beta) * signs.float()`` task after task: ``c beta`` is
+        rounded to float32 in both, its product with a sign in {-1, 0, 1} is exact, and so each sum rounds once."""
+        if out is None:
+            out = {key: torch.empty_like(base) for key, base in self.pretrained.items()}
+        scratch = self._scratch()
         for key, base in self.pretrained.items():
-            acc = base
+            acc = out[key]
+            acc.copy_(base)
             for t, c in zip(self.tasks, coeffs):
                 if c:
-                    acc = acc + (c * self.knobs[t][key]) * self.signs[t][key].to(base.dtype)
-            out[key] = acc
+                    wide = scratch[: base.numel()].view(base.shape)
+                    wide.copy_(self.signs[t][key])
+                    acc.add_(wide, alpha=c * self.knobs[t][key])
         return out
+
+    def _scratch(self) -> Tensor:
+        """One float32 buffer as large as the largest module, allocated on first use."""
+        if self._wide is None:
+            first = next(iter(self.pretrained.values()), torch.empty(0))
+            n = max((b.numel() for b in self.pretrained.values()), default=0)
+            self._wide = torch.empty(n, dtype=first.dtype, device=first.device)
+        return self._wide
 
     def summary(self) -> dict[str, Any]:
         """Realized kept fraction (1 - sparsity) per task, for the record."""
