@@ -423,9 +423,11 @@ class ClipOps:
         vm = getattr(enc, "vision_model", None)
         layers = getattr(getattr(vm, "encoder", None), "layers", None)
         if layers is None:
-            raise ValueError(f"early_features needs a transformers CLIP vision tower, not {type(enc).__name__}")
+            raise UserError(f"route_depth: early_features needs a transformers CLIP vision tower, "
+                            f"not {type(enc).__name__}")
         if not 1 <= depth <= len(layers):
-            raise ValueError(f"early_features: depth {depth} outside 1..{len(layers)} (the tower's blocks)")
+            raise UserError(f"route_depth {depth}: early_features takes a depth in 1..{len(layers)} "
+                            "(the tower's blocks)")
         x = to_pixels(inputs, self.bb.image_size, self.bb.mean, self.bb.std, self.bb.device)
         early = EarlyTower(vm, depth)
         w = self._weights(weights)

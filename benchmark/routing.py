@@ -5,7 +5,8 @@
 * :func:`knn_task_weights`: Eq. 5 of auto-flexswitch.txt (Eq. 8 of t-switch.txt),
   ``w_k(x) = |Q_k ∩ N_x| / |N_x|`` with ``N_x`` the C nearest references.
 * :func:`knn_route`: Eq. 5 for a batch of features ``[B, e]``, or per query ``[B, Q, e]`` with the image taking
-  the task most of its queries vote for (one-hot), as the paper does for DETR (Sec. IV-A2, "majority voting").
+  the task most of its queries vote for (one-hot), as the paper does for DETR (Sec. IV-A2, "majority voting"),
+  or, from 1/Q of the storage, the task most of its mean query's C neighbours vote for (``queries="mean"``).
 * :class:`RoutedInference`: the runner's per-batch routed step (routing features, groups of equal rows, a cached
   weight set per one-hot row and one reused buffer for the mixed rows).
 """
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from benchmark.contract import ModelOps, Pool, RoutedModel, StateDict
+from benchmark.errors import UserError
 
 __all__ = ["exemplar_features", "flatten_queries", "mean_queries", "knn_task_weights", "knn_route",
            "routing_features", "one_hot_index", "RoutedInference", "ONE_HOT_CACHE"]
@@ -81,13 +83,24 @@ def knn_route(
     neighbours: int,
     project: Tensor | None = None,
     exact: bool = True,
+    queries: str = "all",
 ) -> Tensor:
-    """Mixing weights ``[B, K]`` (Eq. 5) for ``features`` ``[B, e]`` or ``[B, Q, e]`` (majority vote per image).
+    """Mixing weights ``[B, K]`` (Eq. 5) for ``features`` ``[B, e]`` or ``[B, Q, e]`` (one-hot per image).
+
+    Per-query features, ``queries``: ``"all"`` routes every query and the image takes the task most of its queries
+    vote for (the paper's DETR protocol; ``refs`` then hold every exemplar query, :func:`flatten_queries`);
+    ``"mean"`` routes the image's mean query (``refs`` from :func:`mean_queries`) and the image takes the task most
+    of its C neighbours vote for -- one row per image as well, from 1/Q of the reference storage.
 
     ``project`` (``[r, e]``) maps the features first (Auto-FlexSwitch's learned metric ``L``; ``refs`` must then
     be projected already). ``exact=True`` computes Euclidean distances without the matrix-product shortcut, so a
     sample's neighbours never depend on its batch (Auto-Switch); ``False`` is ``torch.cdist``'s default mode
     (Auto-FlexSwitch's)."""
+    if queries not in ("all", "mean"):
+        raise ValueError(f"knn_route: queries must be 'all' or 'mean', not {queries!r}")
+    if features.dim() == 3 and queries == "mean":
+        w = knn_route(mean_queries(features), refs, labels, n_tasks, neighbours, project, exact)
+        return F.one_hot(w.argmax(1), n_tasks).to(torch.float32)
     f = features.reshape(-1, features.shape[-1]).to(torch.float32)
     if project is not None:
         f = f @ project.T
@@ -108,12 +121,13 @@ ONE_HOT_CACHE = 2
 
 def routing_features(ops: ModelOps, weights: StateDict | None, inputs: Any, depth: int | None = None) -> Tensor:
     """f_ex (``ops.features``), or with ``depth`` d > 0 the features after the first d blocks
-    (``ops.early_features(weights, inputs, d)``, optional in :class:`~benchmark.contract.ModelOps`)."""
+    (``ops.early_features(weights, inputs, d)``, optional in :class:`~benchmark.contract.ModelOps`). A backbone
+    without it is the user's choice of ``route_depth``: a one-line :class:`UserError`."""
     if not depth:
         return ops.features(weights, inputs)
     early = getattr(ops, "early_features", None)
     if early is None:
-        raise ValueError(f"routing at depth {depth}: this backbone's ModelOps has no early_features")
+        raise UserError(f"route_depth {depth}: this backbone's ModelOps has no early_features")
     return early(weights, inputs, depth)
 
 
@@ -159,6 +173,12 @@ class RoutedInference:
         """``(row, sample indices)`` for every distinct row of ``mix``."""
         uniq, inverse = torch.unique(mix, dim=0, return_inverse=True)
         return [(uniq[g], (inverse == g).nonzero().flatten()) for g in range(uniq.shape[0])]
+
+    def run(self, inputs: Any, predict: Callable[[StateDict, Any], Any]) -> tuple[Tensor, list[tuple[Tensor, Any]]]:
+        """One batch: its mixing weights ``[B, K]`` and, per group of equal rows, ``(sample indices,
+        predict(weights, sub-batch))``; each group's outputs are computed before the next group's weights."""
+        mix = self.route(inputs)
+        return mix, [(idx, predict(self.weights(row), self.ops.slice(inputs, idx))) for row, idx in self.groups(mix)]
 
     def weights(self, row: Tensor) -> StateDict:
         """The weights of one row (see the class docstring for which are cached and which are reused)."""

@@ -153,13 +153,13 @@ def evaluate(
                         n_builds += 1
                     metric.update(predict(task, cond_weights, x), y)
                 elif routed is not None:
-                    mix = routed.route(x)
+                    # samples that share routing weights share one weight set; one-hot rows reuse a cached one
+                    mix, outs = routed.run(x, lambda w, xs: predict(task, w, xs))
                     hits = route_hits.setdefault(task, [0, 0])
                     hits[0] += int((mix.argmax(dim=1) == ti).sum())
                     hits[1] += mix.shape[0]
-                    # samples that share routing weights share one weight set; one-hot rows reuse a cached one
-                    for row, idx in routed.groups(mix):
-                        metric.update(predict(task, routed.weights(row), ops.slice(x, idx)), _take(y, idx))
+                    for idx, out in outs:
+                        metric.update(out, _take(y, idx))
                 else:
                     raise TypeError(f"unknown merged model kind {type(merged).__name__}")
                 t_method += time.perf_counter() - t0

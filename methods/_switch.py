@@ -45,6 +45,9 @@ from benchmark.registry import Param
 from methods.codecs._sparse import SparseCodes
 
 SWITCH_CODECS = ("entropy", "sass", "packbits")
+#: entries per chunk of a fused weight build: 1 MB of float32 scratch, which stays in cache (on a 2-core CPU a
+#: 2.4M-entry module built 1.6x faster in 256k chunks than in one piece, and no faster in 64k or 1M ones)
+BUILD_CHUNK = 1 << 18
 
 SWITCH_PARAMS = [
     Param("alpha", float, 0.7, "sparsity: drop this share of the positive and of the negative entries (Eq. 2)",
@@ -166,28 +169,33 @@ class SwitchBank:
         ``coeffs`` in task order; zero coefficients are skipped. Written in place into ``out`` when given (a
         state dict this method returned before), else into new tensors.
 
-        Fused: per module one copy of theta, then per active task the int8 signs are widened into one scratch
-        buffer reused by every module and added with ``alpha = c beta`` -- no full-size temporaries per task.
-        The result is bit-identical to ``acc = acc + (c * beta) * signs.float()`` task after task: ``c beta`` is
-        rounded to float32 in both, its product with a sign in {-1, 0, 1} is exact, and so each sum rounds once."""
+        Fused: each module is built in chunks of ``BUILD_CHUNK`` entries; per chunk one copy of theta, then per
+        active task its int8 signs widened into one small scratch buffer (it stays in cache) and added with
+        ``alpha = c beta``, so no full-size temporary is made. The result is bit-identical to
+        ``acc = acc + (c * beta) * signs.float()`` task after task: ``c beta`` is rounded to float32 in both, its
+        product with a sign in {-1, 0, 1} is exact, and so each sum rounds once, in the same order."""
         if out is None:
-            out = {key: torch.empty_like(base) for key, base in self.pretrained.items()}
+            out = {key: torch.empty(base.shape, dtype=base.dtype, device=base.device)
+                   for key, base in self.pretrained.items()}
+        active = [(t, c) for t, c in zip(self.tasks, coeffs) if c]
         scratch = self._scratch()
         for key, base in self.pretrained.items():
-            acc = out[key]
-            acc.copy_(base)
-            for t, c in zip(self.tasks, coeffs):
-                if c:
-                    wide = scratch[: base.numel()].view(base.shape)
-                    wide.copy_(self.signs[t][key])
-                    acc.add_(wide, alpha=c * self.knobs[t][key])
+            acc, flat = out[key].view(-1), base.reshape(-1)
+            parts = [(self.signs[t][key].view(-1), c * self.knobs[t][key]) for t, c in active]
+            for i in range(0, flat.numel(), BUILD_CHUNK):
+                chunk = acc[i:i + BUILD_CHUNK]
+                chunk.copy_(flat[i:i + BUILD_CHUNK])
+                wide = scratch[: chunk.numel()]
+                for sign, alpha in parts:
+                    wide.copy_(sign[i:i + BUILD_CHUNK])
+                    chunk.add_(wide, alpha=alpha)
         return out
 
     def _scratch(self) -> Tensor:
-        """One float32 buffer as large as the largest module, allocated on first use."""
+        """One float32 buffer of ``BUILD_CHUNK`` entries (or the largest module, if smaller), made on first use."""
         if self._wide is None:
             first = next(iter(self.pretrained.values()), torch.empty(0))
-            n = max((b.numel() for b in self.pretrained.values()), default=0)
+            n = min(BUILD_CHUNK, max((b.numel() for b in self.pretrained.values()), default=0))
             self._wide = torch.empty(n, dtype=first.dtype, device=first.device)
         return self._wide
 

@@ -41,7 +41,9 @@ def _task_by_task(bank: sw.SwitchBank, coeffs) -> dict[str, torch.Tensor]:
 ROWS = ([1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.7, 0.2, 0.1], [0.3, 0.0, 0.7], [0.0, 0.0, 0.0], [0.1, 0.8, 0.1])
 
 
-def test_fused_build_is_bit_identical_to_the_task_by_task_sum_and_reuses_its_buffer():
+@pytest.mark.parametrize("chunk", [sw.BUILD_CHUNK, 7])  # 7: modules end mid-chunk and span several
+def test_fused_build_is_bit_identical_to_the_task_by_task_sum_and_reuses_its_buffer(chunk, monkeypatch):
+    monkeypatch.setattr(sw, "BUILD_CHUNK", chunk)
     bank = _bank()
     buf = bank.weights([0.5, 0.5, 0.0])
     ptrs = {k: v.data_ptr() for k, v in buf.items()}
@@ -154,9 +156,12 @@ def test_per_query_features_are_summarized_per_image_by_default():
     arts, model = _auto(pool, neighbours=3)
     q = arts["queries"].value
     assert q.shape == (12, 2) and torch.equal(q[:, 0], torch.tensor([0.0, 1, 2, 3, 10, 11, 12, 13, 20, 21, 22, 23]))
-    # an image whose queries average 7.4: nearest means 10 (2.6), 11 (3.6), 3 (4.4) -> 1 of a, 2 of b (Eq. 5)
-    img = torch.tensor([[[2.4, 0.0], [12.4, 0.0]]])
-    assert torch.allclose(model.route(img), torch.tensor([[1 / 3, 2 / 3, 0.0]]))
+    # an image whose queries average 7.4: nearest means 10 (2.6), 11 (3.6), 3 (4.4) -> 1 of a, 2 of b: it takes b;
+    # one whose queries average 4.9: 3 (1.9), 2 (2.9), 1 (3.9) -> all of a
+    img = torch.tensor([[[2.4, 0.0], [12.4, 0.0]], [[-0.1, 0.0], [9.9, 0.0]]])
+    assert model.route(img).tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+    with pytest.raises(ValueError, match="queries"):
+        knn_route(img, q, arts["query_labels"].value.long(), 3, 3, queries="max")
     # the paper's protocol stores every query and takes the majority vote per image
     arts_all, model_all = _auto(pool, neighbours=3, query_summary="all")
     assert arts_all["queries"].value.shape == (24, 2)
