@@ -419,12 +419,12 @@ class ClipOps:
         tower's final LayerNorm (``post_layernorm``), as the full tower pools it, without the projection. For
         routing on an early layer (beyond the paper): on the tiny ViT-B/32 suite's KNN routing this pooling kept
         more routing accuracy at every depth than the raw class token or the mean token."""
-        enc = self.bb.encoder
+        enc = getattr(self.bb, "encoder", None)  # subclass adapters (DETR) hold other modules
         vm = getattr(enc, "vision_model", None)
         layers = getattr(getattr(vm, "encoder", None), "layers", None)
         if layers is None:
-            raise UserError(f"route_depth: early_features needs a transformers CLIP vision tower, "
-                            f"not {type(enc).__name__}")
+            raise UserError(f"route_depth: early_features needs a transformers CLIP vision tower, which "
+                            f"{type(self.bb).__name__} does not have")
         if not 1 <= depth <= len(layers):
             raise UserError(f"route_depth {depth}: early_features takes a depth in 1..{len(layers)} "
                             "(the tower's blocks)")
