@@ -153,6 +153,26 @@ class ImageEncoder(nn.Module):
         return self.visual_projection(pooled)
 
 
+class EarlyTower(nn.Module):
+    """The first ``depth`` blocks of a transformers CLIP vision tower, pooled as the tower pools its last block
+    (class token, ``post_layernorm``). It holds the tower's own submodules under their names, so the tower's
+    parameter names (without ``vision_model.``) address it in ``functional_call``."""
+
+    def __init__(self, vision_model: nn.Module, depth: int):
+        super().__init__()
+        self.embeddings = vision_model.embeddings
+        self.pre_layrnorm = vision_model.pre_layrnorm
+        self.encoder = nn.Module()
+        self.encoder.layers = nn.ModuleList(list(vision_model.encoder.layers)[:depth])
+        self.post_layernorm = vision_model.post_layernorm
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        h = self.pre_layrnorm(self.embeddings(pixel_values))
+        for layer in self.encoder.layers:
+            h = layer(h, None)
+        return self.post_layernorm(h[:, 0])
+
+
 def build_encoder(config: Mapping[str, int]) -> ImageEncoder:
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -393,6 +413,28 @@ class ClipOps:
     def features(self, weights: StateDict | None, inputs: Any) -> Tensor:
         """f_ex: the encoder's image embeddings ``[B, e]`` (what the heads consume, before normalization)."""
         return self._embed(weights, inputs)
+
+    def early_features(self, weights: StateDict | None, inputs: Any, depth: int) -> Tensor:
+        """The features after the first ``depth`` transformer blocks ``[B, hidden]``: the class token through the
+        tower's final LayerNorm (``post_layernorm``), as the full tower pools it, without the projection. For
+        routing on an early layer (beyond the paper): on the tiny ViT-B/32 suite's KNN routing this pooling kept
+        more routing accuracy at every depth than the raw class token or the mean token."""
+        enc = getattr(self.bb, "encoder", None)  # subclass adapters (DETR) hold other modules
+        vm = getattr(enc, "vision_model", None)
+        layers = getattr(getattr(vm, "encoder", None), "layers", None)
+        if layers is None:
+            raise UserError(f"route_depth: early_features needs a transformers CLIP vision tower, which "
+                            f"{type(self.bb).__name__} does not have")
+        if not 1 <= depth <= len(layers):
+            raise UserError(f"route_depth {depth}: early_features takes a depth in 1..{len(layers)} "
+                            "(the tower's blocks)")
+        x = to_pixels(inputs, self.bb.image_size, self.bb.mean, self.bb.std, self.bb.device)
+        early = EarlyTower(vm, depth)
+        w = self._weights(weights)
+        if w is None:
+            return early(x)
+        sub = {k[len("vision_model."):]: v for k, v in w.items() if k.startswith("vision_model.")}
+        return torch.func.functional_call(early, sub, (x,), strict=False)
 
     def logits(self, task: str, weights: StateDict | None, inputs: Any) -> Tensor:
         """``normalize(encoder(x)) @ head[task].T`` under ``weights`` (None = pretrained)."""

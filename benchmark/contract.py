@@ -302,11 +302,14 @@ class TaskConditionedModel(Merged):
 
 
 class RoutedModel(Merged):
-    """Per-input merging. The runner computes f_ex under :meth:`routing_weights`, asks :meth:`route` for mixing
+    """Per-input merging. The runner computes f_ex under :meth:`routing_weights` (after the first
+    ``routing_depth`` blocks when that is set, ``ModelOps.early_features``), asks :meth:`route` for mixing
     weights ``[B, K]`` (columns in ``tasks`` order), groups samples whose rows are equal and builds one set of
-    weights per group with :meth:`weights`."""
+    weights per group with :meth:`build` (:class:`benchmark.routing.RoutedInference`)."""
 
     kind = "routed"
+    #: None: route on f_ex of the full model (the papers); d > 0: on the features after its first d blocks
+    routing_depth: int | None = None
 
     def routing_weights(self) -> StateDict | None:
         """The weights f_ex runs under; ``None`` = the pretrained model (Auto-Switch's query model)."""
@@ -319,6 +322,12 @@ class RoutedModel(Merged):
     @abstractmethod
     def weights(self, mix: Tensor) -> StateDict:
         """The weights for one row of mixing weights ``[K]``."""
+
+    def build(self, mix: Tensor, out: StateDict | None = None) -> StateDict:
+        """:meth:`weights` ``(mix)``, written in place into ``out`` when given (a state dict this method returned
+        before, which the caller no longer needs) so that a run reuses one buffer instead of allocating a model per
+        routing row. The values must equal :meth:`weights`' exactly; the default ignores ``out``."""
+        return self.weights(mix)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from benchmark.errors import UserError
 from benchmark.profiles import PROFILES
 from benchmark.records import RecordError, check_writable, config_hash, write_record
 from benchmark.registry import BACKBONES, CODECS, METHODS, SUITES, Plugin
+from benchmark.routing import RoutedInference
 from benchmark.storage import read_artifacts, write_artifacts
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -135,6 +136,7 @@ def evaluate(
     t_method = t_plain = 0.0
     route_hits: dict[str, list[int]] = {}
     n_builds = 0
+    routed = RoutedInference(merged, ops) if isinstance(merged, RoutedModel) else None
     for ti, task in enumerate(tqdm(tasks, desc=f"evaluate {split}", unit="task", disable=not progress, leave=False)):
         metric = backbone.suite.metric(task)
         metric_names[task] = metric.name
@@ -152,28 +154,28 @@ def evaluate(
                         cond_weights = merged.weights(task)
                         n_builds += 1
                     metric.update(predict(task, cond_weights, x), y)
-                elif isinstance(merged, RoutedModel):
-                    mix = merged.route(ops.features(merged.routing_weights(), x))
+                elif routed is not None:
+                    # samples that share routing weights share one weight set; one-hot rows reuse a cached one
+                    mix, outs = routed.run(x, lambda w, xs: predict(task, w, xs))
                     hits = route_hits.setdefault(task, [0, 0])
                     hits[0] += int((mix.argmax(dim=1) == ti).sum())
                     hits[1] += mix.shape[0]
-                    # samples that share routing weights share one weight build
-                    uniq, inverse = torch.unique(mix, dim=0, return_inverse=True)
-                    for g in range(uniq.shape[0]):
-                        idx = (inverse == g).nonzero().flatten()
-                        weights = merged.weights(uniq[g])
-                        n_builds += 1
-                        metric.update(predict(task, weights, ops.slice(x, idx)), _take(y, idx))
+                    for idx, out in outs:
+                        metric.update(out, _take(y, idx))
                 else:
                     raise TypeError(f"unknown merged model kind {type(merged).__name__}")
                 t_method += time.perf_counter() - t0
         metrics[task] = float(metric.compute())
+    if routed is not None:
+        n_builds = routed.builds
     out: dict[str, Any] = {
         "metrics": metrics,
         "metric_names": metric_names,
         "inference_ratio": t_method / t_plain if t_plain > 0 else float("nan"),
         "weight_builds": n_builds,
     }
+    if routed is not None:
+        out["weight_cache_hits"] = routed.cache_hits
     if route_hits:
         out["routing_accuracy"] = {t: 100.0 * h / max(n, 1) for t, (h, n) in route_hits.items()}
         tot_h = sum(h for h, _ in route_hits.values())
@@ -248,6 +250,8 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path]:
     if "routing_accuracy" in ev:
         extra["routing_accuracy"] = ev["routing_accuracy"]
     extra["weight_builds"] = ev["weight_builds"]
+    if "weight_cache_hits" in ev:
+        extra["weight_cache_hits"] = ev["weight_cache_hits"]
     figures = merged.write_figures(Path(spec.results_dir) / "figures", run_id)
     if figures:
         extra["figures"] = [Path(f).relative_to(spec.results_dir).as_posix() for f in figures]

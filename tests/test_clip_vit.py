@@ -74,6 +74,31 @@ def test_logits_none_equal_logits_under_pretrained(bb, batch):
     assert torch.allclose(torch.nn.functional.normalize(f, dim=-1) @ bb.head("digits").T, a, atol=1e-5)
 
 
+def test_early_features_are_the_tower_cut_after_depth_blocks(bb, batch):
+    ops = bb.ops()
+    x, _ = batch
+    vm = bb.encoder.vision_model
+    n = len(vm.encoder.layers)
+    px = cv.to_pixels(x, bb.image_size, bb.mean, bb.std, bb.device)
+    with torch.no_grad():
+        # the full depth is the tower's own pooled output (before the projection) ...
+        assert torch.equal(ops.early_features(None, x, n), vm(pixel_values=px).pooler_output)
+        # ... and depth d its class token after block d, through post_layernorm, computed here by hand
+        h = vm.pre_layrnorm(vm.embeddings(px))
+        h = vm.encoder.layers[0](h, None)
+        assert torch.equal(ops.early_features(None, x, 1), vm.post_layernorm(h[:, 0]))
+        pre = bb.pretrained_state()
+        assert torch.allclose(ops.early_features(pre, x, 1), ops.early_features(None, x, 1), atol=1e-6)
+        # weights reach the blocks it runs, and not what it skips (the projection)
+        first = {k: v + 0.1 if ".layers.0." in k else v for k, v in pre.items()}
+        assert not torch.allclose(ops.early_features(first, x, 1), ops.early_features(pre, x, 1))
+        proj = {k: v + 1.0 if k.startswith("visual_projection.") else v for k, v in pre.items()}
+        assert torch.equal(ops.early_features(proj, x, 1), ops.early_features(pre, x, 1))
+    for bad in (0, n + 1):
+        with pytest.raises(ValueError, match="depth"):
+            ops.early_features(None, x, bad)
+
+
 def test_functional_weights_are_differentiable(bb, batch):
     ops = bb.ops()
     x, y = batch

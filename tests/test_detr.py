@@ -227,3 +227,9 @@ def test_paper_profile_end_to_end_on_stand_ins(tmp_path, monkeypatch):
     m = b.suite.metric("microscopic")
     m.update(out, y)
     assert 0.0 <= m.compute() <= 100.0
+
+
+def test_early_routing_is_a_user_error_on_detr(bb, batch):
+    x, _ = batch
+    with pytest.raises(UserError, match="route_depth"):
+        bb.ops().early_features(None, x, 1)

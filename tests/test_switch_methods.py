@@ -292,13 +292,14 @@ def test_parameters_are_declared_and_validated():
     assert METHODS.get("t_switch").resolve({}) == {"alpha": 0.7, "codec": "entropy"}
     assert METHODS.get("auto_switch").resolve({}) == {
         "alpha": 0.7, "codec": "entropy", "n_exemplars": 100, "neighbours": 10,
-        "batch_average": False, "query_dtype": "float32",
+        "batch_average": False, "query_dtype": "float32", "query_summary": "mean", "route_depth": 0,
     }
     assert METHODS.get("auto_switch").resolve({"alpha": "0.3", "batch_average": "true"})["batch_average"] is True
     for name, bad in [
         ("t_switch", {"alpha": 1.5}), ("t_switch", {"alpha": -0.1}), ("t_switch", {"codec": "zip"}),
         ("t_switch", {"neighbours": 3}), ("auto_switch", {"neighbours": 0}), ("auto_switch", {"n_exemplars": 0}),
         ("auto_switch", {"query_dtype": "int8"}), ("auto_switch", {"batch_average": "maybe"}),
+        ("auto_switch", {"query_summary": "max"}), ("auto_switch", {"route_depth": -1}),
     ]:
         with pytest.raises(RegistryError):
             METHODS.get(name).resolve(bad)
