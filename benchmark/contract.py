@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -322,6 +322,12 @@ class RoutedModel(Merged):
     @abstractmethod
     def weights(self, mix: Tensor) -> StateDict:
         """The weights for one row of mixing weights ``[K]``."""
+
+    def routing_ablations(self) -> dict[str, Callable[[Tensor], Tensor]]:
+        """Other routers over the same routing features, ``name -> features -> [B, K]``, whose routing accuracy the
+        runner records beside :meth:`route`'s (``extra.routing_ablations``); they never change a prediction. Built
+        from what :meth:`~Method.load` read back, like :meth:`route`."""
+        return {}
 
     def build(self, mix: Tensor, out: StateDict | None = None) -> StateDict:
         """:meth:`weights` ``(mix)``, written in place into ``out`` when given (a state dict this method returned

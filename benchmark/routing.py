@@ -23,7 +23,8 @@ from benchmark.contract import ModelOps, Pool, RoutedModel, StateDict
 from benchmark.errors import UserError
 
 __all__ = ["exemplar_features", "flatten_queries", "mean_queries", "knn_task_weights", "knn_route",
-           "routing_features", "one_hot_index", "RoutedInference", "ONE_HOT_CACHE"]
+           "routing_features", "one_hot_index", "RoutedInference", "ONE_HOT_CACHE", "plain_knn_router",
+           "PLAIN_KNN_NEIGHBOURS", "PLAIN_KNN_EXEMPLARS"]
 
 
 def flatten_queries(features: Tensor) -> Tensor:
@@ -112,6 +113,22 @@ def knn_route(
     return F.one_hot(votes.argmax(1), n_tasks).to(torch.float32)
 
 
+#: the harness's plain-KNN routing baseline (Auto-Switch's router at its defaults): C neighbours, N per task
+PLAIN_KNN_NEIGHBOURS = 10
+PLAIN_KNN_EXEMPLARS = 100
+
+
+def plain_knn_router(pool: Pool, model: RoutedModel, n: int = PLAIN_KNN_EXEMPLARS,
+                     neighbours: int = PLAIN_KNN_NEIGHBOURS) -> Callable[[Tensor], Tensor]:
+    """Euclidean KNN (Eq. 5) over ``n`` train exemplars per task (salt 0, the draw the routed methods store), with
+    features computed as ``model`` computes its own (under ``routing_weights()``, at ``routing_depth``); per-query
+    features vote per image (the paper's DETR protocol). The runner records its routing accuracy beside every
+    routed method's, so a method's router is always seen against the plain one on the same inputs."""
+    refs, labels = exemplar_features(pool, n, weights=model.routing_weights(), depth=model.routing_depth)
+    k = len(pool.tasks)
+    return lambda feats: knn_route(feats, refs, labels, k, neighbours)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The routed inference step
 
@@ -162,10 +179,13 @@ class RoutedInference:
         self.buffer: StateDict | None = None
         self.builds = 0
         self.cache_hits = 0
+        self.last_features: Tensor | None = None
 
     def route(self, inputs: Any) -> Tensor:
-        """Mixing weights ``[B, K]`` for a batch of inputs."""
+        """Mixing weights ``[B, K]`` for a batch of inputs (its routing features stay in ``last_features``, for the
+        runner's routing diagnostics)."""
         feats = routing_features(self.ops, self.model.routing_weights(), inputs, self.model.routing_depth)
+        self.last_features = feats
         return self.model.route(feats)
 
     @staticmethod

@@ -9,7 +9,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from tqdm.auto import tqdm
@@ -21,7 +21,7 @@ from benchmark.errors import UserError
 from benchmark.profiles import PROFILES
 from benchmark.records import RecordError, check_writable, config_hash, write_record
 from benchmark.registry import BACKBONES, CODECS, METHODS, SUITES, Plugin
-from benchmark.routing import RoutedInference
+from benchmark.routing import RoutedInference, plain_knn_router
 from benchmark.storage import read_artifacts, write_artifacts
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -123,10 +123,17 @@ def _take(obj: Any, idx: torch.Tensor) -> Any:
 
 
 def evaluate(
-    backbone: Backbone, merged: Merged, batch_size: int, progress: bool, split: str = "test"
+    backbone: Backbone,
+    merged: Merged,
+    batch_size: int,
+    progress: bool,
+    split: str = "test",
+    routers: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``merged`` on every task's ``split``. Also times a plain forward of the pretrained model on the
-    same batches, side by side, for the inference-time ratio."""
+    same batches, side by side, for the inference-time ratio. A routed model's ``routers`` (name -> router over
+    its routing features) are scored on the same features for the record only (``routing_ablations``); their time
+    is not the method's."""
     ops = backbone.ops()
     # what the suite's metric consumes: the logits, unless the adapter predicts something richer (boxes)
     predict = getattr(ops, "predict", None) or ops.logits
@@ -135,6 +142,7 @@ def evaluate(
     metric_names: dict[str, str] = {}
     t_method = t_plain = 0.0
     route_hits: dict[str, list[int]] = {}
+    ablation_hits: dict[str, dict[str, list[int]]] = {name: {} for name in (routers or {})}
     n_builds = 0
     routed = RoutedInference(merged, ops) if isinstance(merged, RoutedModel) else None
     for ti, task in enumerate(tqdm(tasks, desc=f"evaluate {split}", unit="task", disable=not progress, leave=False)):
@@ -165,6 +173,11 @@ def evaluate(
                 else:
                     raise TypeError(f"unknown merged model kind {type(merged).__name__}")
                 t_method += time.perf_counter() - t0
+                for name, router in (routers or {}).items():
+                    w = router(routed.last_features)
+                    h = ablation_hits[name].setdefault(task, [0, 0])
+                    h[0] += int((w.argmax(dim=1) == ti).sum())
+                    h[1] += w.shape[0]
         metrics[task] = float(metric.compute())
     if routed is not None:
         n_builds = routed.builds
@@ -177,11 +190,17 @@ def evaluate(
     if routed is not None:
         out["weight_cache_hits"] = routed.cache_hits
     if route_hits:
-        out["routing_accuracy"] = {t: 100.0 * h / max(n, 1) for t, (h, n) in route_hits.items()}
-        tot_h = sum(h for h, _ in route_hits.values())
-        tot_n = sum(n for _, n in route_hits.values())
-        out["routing_accuracy"]["AVG"] = 100.0 * tot_h / max(tot_n, 1)
+        out["routing_accuracy"] = routing_table(route_hits)
+    if any(ablation_hits.values()):
+        out["routing_ablations"] = {name: routing_table(h) for name, h in ablation_hits.items()}
     return out
+
+
+def routing_table(hits: Mapping[str, list[int]]) -> dict[str, float]:
+    """Per-task routing accuracy in % from ``task -> [hits, samples]``, and the sample-weighted ``AVG``."""
+    table = {t: 100.0 * h / max(n, 1) for t, (h, n) in hits.items()}
+    table["AVG"] = 100.0 * sum(h for h, _ in hits.values()) / max(sum(n for _, n in hits.values()), 1)
+    return table
 
 
 def check_kind(name: str, method: Method, merged: Merged) -> None:
@@ -238,17 +257,24 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path]:
         storage_bytes, breakdown, reloaded = 0, {}, {}
     codecs_used = sorted({a.codec for a in artifacts.values()})
     del artifacts  # only what came back from the file may reach the evaluated model
+    # ... and a fresh instance loads it, so nothing merge kept on the method object can stand in for the file
+    method = res.method.obj(**res.params)
     merged = method.load(reloaded, pool.pretrained, tasks)
     check_kind(spec.method, method, merged)
 
+    routers = None
+    if isinstance(merged, RoutedModel):  # the method's router seen against the plain one, on the same inputs
+        routers = {"plain_knn": plain_knn_router(pool, merged), **merged.routing_ablations()}
     t0 = time.perf_counter()
-    ev = evaluate(backbone, merged, spec.batch_size, spec.progress)
+    ev = evaluate(backbone, merged, spec.batch_size, spec.progress, routers=routers)
     eval_s = time.perf_counter() - t0
     val = evaluate(backbone, merged, spec.batch_size, spec.progress, split="val") if spec.eval_val else None
 
     extra = dict(merged.extra_metrics())
     if "routing_accuracy" in ev:
         extra["routing_accuracy"] = ev["routing_accuracy"]
+    if "routing_ablations" in ev:
+        extra["routing_ablations"] = ev["routing_ablations"]
     extra["weight_builds"] = ev["weight_builds"]
     if "weight_cache_hits" in ev:
         extra["weight_cache_hits"] = ev["weight_cache_hits"]
@@ -300,5 +326,7 @@ def format_table(record: Mapping[str, Any]) -> str:
     t = record["timings"]
     lines.append(f"merge {t['merge_s']:.1f} s, eval {t['eval_s']:.1f} s, inference ratio {t['inference_ratio']:.2f}x")
     if "routing_accuracy" in record.get("extra", {}):
-        lines.append(f"routing accuracy: {record['extra']['routing_accuracy']['AVG']:.2f}%")
+        others = record["extra"].get("routing_ablations", {})
+        also = "".join(f", {name} {table['AVG']:.2f}%" for name, table in others.items())
+        lines.append(f"routing accuracy: {record['extra']['routing_accuracy']['AVG']:.2f}%{also}")
     return "\n".join(lines)

@@ -17,7 +17,9 @@ directions of the centres (so training starts from Euclidean distance in the pri
 e); an epoch is one full-batch step over the K*N exemplars; a sample with no same-task neighbour keeps a 1e-12
 floor in Eq. 19's numerator, so its gradient still pushes the wrong neighbours away. ``routing`` offers the
 ablations: ``learned_metric`` (default), ``centres`` (Euclidean KNN over the centres) and ``plain_knn``
-(Auto-Switch's Euclidean KNN over every query feature).
+(Auto-Switch's Euclidean KNN over every query feature). A learned-metric run records, beside its own routing
+accuracy, that of the same centres without L (``routing_ablations.centres_euclidean``) and of the runner's plain
+KNN over N = 100 exemplars per task (``routing_ablations.plain_knn``).
 """
 from __future__ import annotations
 
@@ -92,6 +94,7 @@ class AutoFlexSwitchModel(RoutedModel):
     ):
         self._pre = pretrained
         self._vec = [vectors[t] for t in tasks]
+        self._raw_refs = refs
         self._refs = refs if L is None else refs @ L.T
         self._labels = ref_labels.long()
         self._L = L
@@ -102,6 +105,14 @@ class AutoFlexSwitchModel(RoutedModel):
     def route(self, features: Tensor) -> Tensor:
         # torch.cdist's default mode, as the committed records were computed
         return knn_route(features, self._refs, self._labels, self._k, self._c, project=self._L, exact=False)
+
+    def routing_ablations(self) -> dict[str, Any]:
+        """With a learned metric: the same stored centres under plain Euclidean distance (no L), so the record shows
+        what L itself changes (the runner adds the plain KNN over every exemplar)."""
+        if self._L is None:
+            return {}
+        raw = self._raw_refs
+        return {"centres_euclidean": lambda f: knn_route(f, raw, self._labels, self._k, self._c, exact=False)}
 
     def weights(self, mix: Tensor) -> StateDict:
         out = {}

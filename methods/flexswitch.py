@@ -13,7 +13,12 @@ For each task k and each module l (= each mergeable tensor) FlexSwitch learns, j
   KL at T=4 (Eq. 9), MSE on outputs (Eq. 10) or CKA (Eq. 11), against the fine-tuned model on N unlabeled
   exemplars. KL reads the task head's logits; MSE and CKA read every output the adapter gives
   (``ModelOps.outputs`` when it has it: a detector's class logits and boxes, as the paper's MSE on DETR must
-  align "both the classification and regression branches"), else the logits. Adam, lr 0.05 (LGS) and 0.1 (BAS),
+  align "both the classification and regression branches"), else the logits. Each loss is per sample as Eq. 9-11
+  define it: a sample's outputs are summed (Eq. 9's sum over j, Eq. 10's squared norm; Eq. 11's row of F), and the
+  batch mean is over the B inputs. On a detector a sample is an image and its outputs are all Q queries' (``[B, Q,
+  C]``), so lambda weighs a whole image's loss, as it weighs a whole image's on a classifier; averaging over the B*Q
+  query rows instead would make the paper's lambda act as lambda/Q (1/100 at DETR-R50's 100 queries, 1/16 at the
+  tiny detector's). Adam, lr 0.05 (LGS) and 0.1 (BAS),
   500 steps, batch 32; rho and omega start at 1.0 and are multiplied by 0.9 every 10 steps.
 * **Finalize** (Eq. 15 and after Eq. 11): hard mask ``1(M > 0.5)``, ``b = W[argmax w]``,
   ``tau~ = softplus(kappa) * M_hard * Q(tau; b)``.
@@ -151,22 +156,32 @@ def mixed_bits(w: Tensor, omega: float, widths: Sequence[int] = BIT_WIDTHS) -> T
     return (torch.softmax(w / omega, dim=-1) * torch.tensor(widths, dtype=w.dtype)).sum(-1)
 
 
+def per_sample_mean(x: Tensor) -> Tensor:
+    """``1/B sum_i (sum of x_i over every other axis)``: a per-sample quantity summed over its outputs, averaged over
+    the B samples of the batch (axis 0), as Eq. 9 and Eq. 10 read. On a classifier ``x`` is ``[B, C]``; on a
+    detector ``[B, Q, C]``, so an image's Q queries add up to its loss instead of counting as Q samples."""
+    return x.reshape(x.shape[0], -1).sum(1).mean()
+
+
 def loss_kl(student: Tensor, teacher: Tensor, temperature: float = 4.0) -> Tensor:
-    """Eq. 9: T^2/B sum_i sum_j q_ij log(q_ij / p_ij), q from the fine-tuned model, p from the switched one."""
+    """Eq. 9: T^2/B sum_i sum_j q_ij log(q_ij / p_ij), q from the fine-tuned model, p from the switched one. Per-query
+    logits ``[B, Q, C]``: the sum over j runs over every query's classes (:func:`per_sample_mean`)."""
     log_q = F.log_softmax(teacher / temperature, dim=-1)
     log_p = F.log_softmax(student / temperature, dim=-1)
-    return temperature**2 * (log_q.exp() * (log_q - log_p)).sum(-1).mean()
+    return temperature**2 * per_sample_mean(log_q.exp() * (log_q - log_p))
 
 
 def loss_mse(student: Tensor, teacher: Tensor) -> Tensor:
-    """Eq. 10: 1/B sum_i ||f(x_i; Theta_k) - f(x_i; Theta + tau^)||_2^2."""
-    return ((teacher - student) ** 2).sum(-1).mean()
+    """Eq. 10: 1/B sum_i ||f(x_i; Theta_k) - f(x_i; Theta + tau^)||_2^2, f(x_i) every output of sample i (all the
+    queries of an image on a detector)."""
+    return per_sample_mean((teacher - student) ** 2)
 
 
 def loss_cka(student: Tensor, teacher: Tensor) -> Tensor:
-    """Eq. 11: 1 - ||F^T H F^||_F^2 / (||F^T H F||_F ||F^^T H F^||_F), H the centering matrix. Per-query outputs
-    ``[B, Q, C]`` (detectors) count every query as a row."""
-    teacher, student = (t.reshape(-1, t.shape[-1]) for t in (teacher, student))
+    """Eq. 11: 1 - ||F^T H F^||_F^2 / (||F^T H F||_F ||F^^T H F^||_F), H = I - 11^T/B the centering matrix, F the
+    ``[B, C]`` matrix of the B samples' outputs. Per-query outputs ``[B, Q, C]`` (detectors): a sample's row is its
+    image's Q outputs, flattened (``[B, Q C]``), as Eq. 11 has one row per input."""
+    teacher, student = (t.reshape(t.shape[0], -1) for t in (teacher, student))
     fc = teacher - teacher.mean(0, keepdim=True)  # H F
     sc = student - student.mean(0, keepdim=True)
     cross = torch.linalg.matrix_norm(fc.T @ sc) ** 2
@@ -285,21 +300,38 @@ def learn_task_switch(
     out: dict[str, LearnedModule] = {}
     with torch.no_grad():
         for i, k in enumerate(keys):
-            tau = taus[k].reshape(-1)
-            if use_lgs:
-                mask = gate(tau, rs[k], s_pos[i], s_neg[i], rho) > 0.5
-            else:
-                mask = fixed_mask[k].reshape(-1) > 0
-            if cfg.variant == "lgs":  # T-Switch B-Approx on the learned mask: sign bit and Eq. 3 knob
-                levels = (tau[mask] > 0).to(torch.long)
-                out[k] = LearnedModule(mask, 1, levels, knob(tau[mask]), -2.0, 2.0)
-                continue
-            bits = BIT_WIDTHS[int(w[i].argmax())] if use_bas else 1
-            levels = quant_index(tau[mask], rs[k], bits, cfg.quantizer)
-            out[k] = LearnedModule(
-                mask, bits, levels, float(F.softplus(kappa[i])), float(-rs[k].vn_max), float(quant_step(rs[k], bits))
+            out[k] = finalize_module(
+                taus[k].reshape(-1),
+                rs[k],
+                cfg,
+                s_pos[i], s_neg[i], kappa[i], w[i], rho,
+                fixed_mask=None if use_lgs else fixed_mask[k].reshape(-1) > 0,
             )
     return out, history
+
+
+def finalize_module(
+    tau: Tensor,
+    r: Ranges,
+    cfg: FlexConfig,
+    s_pos: Tensor,
+    s_neg: Tensor,
+    kappa: Tensor,
+    w: Tensor,
+    rho: float,
+    fixed_mask: Tensor | None = None,
+) -> LearnedModule:
+    """The stored form of one trained module (after Eq. 11 and Eq. 15): the hard mask ``1(M > 0.5)`` of the gate at
+    the final temperature ``rho`` (or ``fixed_mask``, variant ``bas``), the bit-width ``b = W[argmax_i w_i]``
+    (Eq. 15; 1 without BAS), the levels ``I(tau; b)`` of the active entries (Eq. 13) and the learned scale
+    ``softplus(kappa)`` that multiplies them when the vector is rebuilt. ``tau`` is flat."""
+    mask = gate(tau, r, s_pos, s_neg, rho) > 0.5 if fixed_mask is None else fixed_mask
+    if cfg.variant == "lgs":  # T-Switch B-Approx on the learned mask: sign bit and Eq. 3 knob
+        levels = (tau[mask] > 0).to(torch.long)
+        return LearnedModule(mask, 1, levels, knob(tau[mask]), -2.0, 2.0)
+    bits = BIT_WIDTHS[int(w.argmax())] if cfg.variant in ("lgs+bas", "bas") else 1
+    levels = quant_index(tau[mask], r, bits, cfg.quantizer)
+    return LearnedModule(mask, bits, levels, float(F.softplus(kappa)), float(-r.vn_max), float(quant_step(r, bits)))
 
 
 # ----------------------------------------------------------------------------------------------------------------

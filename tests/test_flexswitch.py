@@ -71,7 +71,7 @@ def test_performance_losses():
     assert fs.loss_cka(2 * a + 1, a).abs() < 1e-5  # CKA is invariant to scale and shift
     q = torch.randn(4, 6, 5, generator=torch.Generator().manual_seed(1))  # per-query outputs [B, Q, C]
     s = q + 0.1 * q.flip(0)
-    torch.testing.assert_close(fs.loss_cka(s, q), fs.loss_cka(s.reshape(-1, 5), q.reshape(-1, 5)))  # a row a query
+    torch.testing.assert_close(fs.loss_cka(s, q), fs.loss_cka(s.reshape(4, -1), q.reshape(4, -1)))  # a row an image
 
 
 def _small(**over):

@@ -95,3 +95,70 @@ def test_same_seed_same_metrics_and_val_split(tmp_path):
     b, _ = _run(tmp_path, "individual", eval_val=True)
     assert a["metrics"] == b["metrics"] and a["run_id"] == b["run_id"]
     assert set(a["val_metrics"]) == set(a["metrics"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The reload guarantee: the evaluated model comes from the file the codec wrote, loaded by a fresh method instance
+
+if "test_stash_on_self" not in METHODS:
+
+    @METHODS.register("test_stash_on_self", summary="test: load reads what merge kept on the instance")
+    class StashOnSelf(Method):
+        def merge(self, pool):
+            self.stash = {k: sum(pool.finetuned[t][k] for t in pool.tasks) / 3 for k in pool.pretrained}
+            arts = Artifacts()
+            arts.add("merged", self.stash, codec="state_dict")
+            return arts
+
+        def load(self, artifacts, pretrained, tasks):
+            return StaticModel(self.stash)  # ignores the file: only works in the process that merged
+
+    @METHODS.register("test_needs_in_memory_artifacts", summary="test: load reads the in-memory Artifact objects")
+    class NeedsInMemory(Method):
+        def merge(self, pool):
+            arts = Artifacts()
+            arts.add("merged", dict(pool.pretrained), codec="state_dict")
+            return arts
+
+        def load(self, artifacts, pretrained, tasks):
+            return StaticModel(artifacts["merged"].value)  # an Artifacts entry, not what the codec decoded
+
+
+def test_a_load_that_needs_the_merging_instance_fails_the_run(tmp_path):
+    import pytest
+
+    with pytest.raises(AttributeError, match="stash"):
+        _run(tmp_path, "test_stash_on_self")
+    assert not list((tmp_path / "results").glob("*.json"))  # and no record was written
+
+
+def test_a_load_that_needs_the_in_memory_artifacts_fails_the_run(tmp_path):
+    import pytest
+
+    with pytest.raises(AttributeError, match="value"):
+        _run(tmp_path, "test_needs_in_memory_artifacts")
+    assert not list((tmp_path / "results").glob("*.json"))
+
+
+def test_the_scores_are_those_of_what_was_read_back(tmp_path, monkeypatch):
+    """Corrupting what the reader returns (not what merge made) changes the scores: no in-memory path remains."""
+    import benchmark.runner as runner
+
+    good, _ = _run(tmp_path / "a", "test_lossy_average")
+    read = runner.read_artifacts
+
+    def zeroed(path):
+        back = read(path)
+        back["merged"] = {k: torch.zeros_like(v) for k, v in back["merged"].items()}
+        return back
+
+    monkeypatch.setattr(runner, "read_artifacts", zeroed)
+    bad, _ = _run(tmp_path / "b", "test_lossy_average")
+    assert good["average"] > 40 and bad["average"] == 25.0  # zero weights: every logit ties, class 0, 1 in 4
+
+
+def test_routed_records_carry_the_plain_knn_baseline(tmp_path):
+    rec, _ = _run(tmp_path, "test_oracle_router")
+    ab = rec["extra"]["routing_ablations"]
+    assert set(ab) == {"plain_knn"} and set(ab["plain_knn"]) == {"t0", "t1", "t2", "AVG"}
+    assert ab["plain_knn"]["AVG"] == 100.0  # the toy blobs are far apart: the plain KNN finds every task
