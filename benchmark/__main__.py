@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from benchmark.errors import UserError
+from benchmark.errors import StorageError, UserError
 from benchmark.registry import BACKBONES, CODECS, METHODS, SUITES, RegistryError
 
 
@@ -221,12 +221,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
 
+    from benchmark.cache import CacheWarning
     from benchmark.records import RecordError, RecordWarning
 
     show = warnings.showwarning
 
-    def one_line(message, category, *a, **k):  # a skipped record is one line on stderr, not a source excerpt
-        if issubclass(category, RecordWarning):
+    def one_line(message, category, *a, **k):  # a skipped record, a rebuilt cache entry: one line, no source excerpt
+        if issubclass(category, (RecordWarning, CacheWarning)):
             print(f"warning: {message}", file=sys.stderr)
         else:
             show(message, category, *a, **k)
@@ -241,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RecordError as e:  # e.g. a rerun whose scores differ from its record: said in one line, both kept
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except StorageError as e:  # an artifact file that does not read back as written: refused, in one line
         print(f"error: {e}", file=sys.stderr)
         return 1
     except FileNotFoundError as e:
