@@ -70,6 +70,7 @@ __all__ = [
     "load_sweeps",
     "finished",
     "execute",
+    "check_destinations",
     "cmd_sweep",
 ]
 
@@ -112,11 +113,13 @@ class Sweep:
 def load_sweep_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"sweep file not found: {path}") from None
     except OSError as e:
         raise UserError(f"cannot read sweep file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the sweep file as UTF-8") from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -520,6 +523,24 @@ def execute(
 # The command
 
 
+def check_destinations(results_dir: str | os.PathLike, leaderboard: str | os.PathLike | None) -> None:
+    """Everything a sweep writes, write-tested before its first run: the results dir, the cache, and the
+    leaderboard's folder. A bad one was found only after the runs (hours on the paper profile), or made every run
+    fail one by one."""
+    from benchmark.cache import Cache
+    from benchmark.records import check_writable
+
+    try:
+        check_writable(results_dir)
+    except RecordError as e:
+        raise UserError(str(e)) from None
+    Cache().check_writable()
+    if leaderboard is not None:
+        from benchmark.leaderboard import check_output
+
+        check_output(leaderboard)
+
+
 def cmd_sweep(args: Any) -> int:
     """``python -m benchmark sweep FILE... [options]`` (the arguments are declared in ``benchmark.__main__``)."""
     from benchmark.executors import make_executor
@@ -537,6 +558,7 @@ def cmd_sweep(args: Any) -> int:
             print(f"{'finished' if r.config_hash in done else 'to run  '}  {r.config_hash}  {r.label}")
         print(f"{len(sweep.runs)} runs: {len(done)} finished, {len(sweep.runs) - len(done)} to run")
         return 0
+    check_destinations(results_dir, None if args.no_leaderboard else args.leaderboard)
     executor = make_executor(args.executor, plugins=sweep.plugins, jobs=args.jobs, max_retries=args.max_retries,
                              ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
                              gpus_per_run=args.gpus_per_run, progress=not args.no_progress)
