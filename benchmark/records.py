@@ -168,8 +168,36 @@ def write_record(record: dict[str, Any], results_dir: str | os.PathLike) -> Path
     return atomic_write_text(path, text)
 
 
+#: a dot-named temp file older than this was left by a killed writer (a write takes milliseconds)
+STALE_TEMP_S = 3600.0
+
+
+def remove_stale_temps(folder: str | os.PathLike, older_than_s: float = STALE_TEMP_S) -> int:
+    """Remove the dot-named ``*.tmp`` files (:func:`atomic_write_text`, the artifact writer) and ``.write-test.*``
+    files a killed process left in ``folder``; only those older than ``older_than_s``, so a live writer's temp file
+    is never taken from under it. Returns how many were removed."""
+    import time
+
+    now = time.time()
+    n = 0
+    try:
+        names = [p for p in Path(folder).iterdir() if p.name.startswith(".")
+                 and (p.name.endswith(".tmp") or p.name.startswith(".write-test."))]
+    except OSError:
+        return 0
+    for p in names:
+        try:
+            if p.is_file() and not p.is_symlink() and now - p.stat().st_mtime > older_than_s:
+                p.unlink()
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
 def check_writable(results_dir: str | os.PathLike) -> None:
-    """Create ``results_dir`` and write-test it, so that a run learns of a bad results dir before its work."""
+    """Create ``results_dir`` and write-test it, so that a run learns of a bad results dir before its work; and
+    sweep the temp files killed writers left there (:func:`remove_stale_temps`)."""
     d = Path(results_dir)
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -178,6 +206,7 @@ def check_writable(results_dir: str | os.PathLike) -> None:
         os.unlink(tmp)
     except OSError as e:
         raise RecordError(f"results dir {str(d)!r} is not a writable directory ({e.strerror or e})") from None
+    remove_stale_temps(d)
 
 
 def load_records(results_dir: str | os.PathLike, strict: bool = False) -> list[dict[str, Any]]:

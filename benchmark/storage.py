@@ -158,8 +158,11 @@ class Written:
 
 def write_artifacts(artifacts: Artifacts, path: str | os.PathLike) -> Written:
     """Encode every artifact with its codec and write one file atomically. Returns the measured sizes."""
+    from benchmark.records import remove_stale_temps
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent)  # what killed runs left half-written here
     tensors: dict[str, Tensor] = {}
     index: dict[str, Any] = {}
     breakdown: dict[str, dict[str, Any]] = {}
