@@ -225,6 +225,35 @@ def test_a_record_is_never_replaced_by_one_with_other_scores(tmp_path):
     assert (tmp_path / "b-m-tiny-s0-abc.json.rejected").is_file()
 
 
+def test_garbage_in_a_real_cached_checkpoint_is_rebuilt_and_the_backbone_sees_the_good_bits(tmp_path, cache_root):
+    """The issue's failure: 512 bytes of garbage in one cached fine-tuned checkpoint of the micro CLIP dropped every
+    task to chance with exit 0. Now the adapter gets the rebuilt, bit-identical checkpoint and the verified hash."""
+    import shutil
+
+    from benchmark.registry import BACKBONES, SUITES
+
+    def make(cache: Cache):
+        suite = SUITES.get("vision8").obj(profile="micro", seed=0, cache=cache, progress=False)
+        return BACKBONES.get("clip_vit_b32").obj(profile="micro", suite=suite, seed=0, cache=cache, progress=False)
+
+    ref = make(Cache(cache_root))  # the shared test cache: built once per machine by whichever test comes first
+    ref.prepare()
+    mine = tmp_path / "cache"
+    for d in ("vision8", "clip_vit_b32"):
+        shutil.copytree(cache_root / d, mine / d, ignore=shutil.ignore_patterns(".*.lock"))
+    task = ref.tasks[0]
+    damaged = [p for p in (mine / "clip_vit_b32" / "finetune" / task).glob("*/finetuned.safetensors")
+               if ref.checkpoints()[f"finetuned/{task}"] == Cache(mine).sha256(p)]
+    assert len(damaged) == 1
+    _garbage(damaged[0])
+    b = make(Cache(mine))
+    with pytest.warns(CacheWarning, match=f"clip_vit_b32/finetune/{task}/"):
+        b.prepare()
+    assert b.checkpoints() == ref.checkpoints()
+    want, got = ref.finetuned_state(task), b.finetuned_state(task)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
 def test_backbones_record_the_caches_verified_hashes():
     """The tiny adapters take their checkpoints' hashes from Cache.sha256 (verified), not a second reading."""
     for f in ("clip_vit.py", "_text.py", "detr.py"):
@@ -356,7 +385,7 @@ def test_the_entry_point_itself_prints_one_line_and_no_traceback(bad_env):
 
 # ------------------------------------------------------------------------------------------------ decoders
 
-FUZZ = settings(derandomize=True, max_examples=250, deadline=None, database=None,
+FUZZ = settings(derandomize=True, max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 BUDGET = 1 << 20  # decoded bytes; what a tiny model's limit would be, and far below any header's claims
 PEAK = 32 << 20  # bytes traced during one decode: no header may make a decoder allocate more
