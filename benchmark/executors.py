@@ -9,13 +9,16 @@ run that raises is a failed outcome and the sweep goes on.
 * :class:`ProcessPoolExecutor` (``--executor local --jobs N``): N runs at a time, each in a fresh child process
   (forked from a fork server that has imported the plugins' code), so one run's memory, threads or crash never
   touch another; each child gets its share of the CPUs as torch threads (:func:`threads_per_run`); a child that dies
-  without reporting (killed, out of memory) is retried up to ``max_retries`` times, then reported as failed.
+  without reporting (killed, out of memory) is retried up to ``max_retries`` times, then reported as failed. A
+  child never outlives the sweep, even a SIGKILLed one: it dies with the fork server (:func:`die_with_parent`) and
+  also watches the sweep's own pid (:func:`die_with`).
 * :class:`RayExecutor` (``--executor ray``): one Ray task per run, on a local instance or on the cluster at
   ``address``. Each task asks for ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs (default: 1 on the paper
   profile, 0 otherwise); a task whose worker dies is retried by Ray (``max_retries``); Python exceptions are not
   retried (they would fail again). Each run gets a fresh worker process (``max_calls=1``), so the record's peak
   memory is that run's and GPU memory is given back. The worker writes the record; the driver writes it only when
-  the worker's file is not visible to it (a multi-node cluster without a shared file system).
+  the worker's file is not visible to it (a multi-node cluster without a shared file system). A local instance
+  is started on 127.0.0.1 without a dashboard: a local sweep needs no network.
 """
 from __future__ import annotations
 

@@ -96,8 +96,8 @@ def validate(record: dict[str, Any]) -> None:
         raise RecordError(f"a record is a JSON object, got {type(record).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in record]
     if missing and "run_id" not in record:  # a foreign JSON (a config, a notes file): say so, not 21 key names
-        raise RecordError(f"not a merge-bench record (it lacks {len(missing)} of the record's "
-                          f"{len(REQUIRED_KEYS)} keys, run_id among them)")
+        raise RecordError(f"not a merge-bench record (no run_id; {len(missing)} of its {len(REQUIRED_KEYS)} keys "
+                          "missing)")
     if missing:
         raise RecordError(f"record {record.get('run_id', '?')} lacks keys {missing}")
     for key, kind in _KEY_TYPES.items():

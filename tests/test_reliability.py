@@ -365,6 +365,32 @@ def test_every_misuse_is_one_line_exit_2_and_no_traceback(argv, env, bad_env, ca
     assert not (bad_env / "res").exists() or not list((bad_env / "res").glob("*.json"))  # nothing ran
 
 
+def test_a_stray_json_in_results_is_one_warning_line_and_the_sweep_resumes(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "notes.json").write_text('{"todo": "rerun"}')
+    (res / "half.json").write_text('{"run_id": "x", "metrics"')
+    f = tmp_path / "s.yaml"
+    f.write_text("plugins: [_fake_plugins]\nbackbones: fake_sweep_backbone\nmethods: [fake_sweep_merge]\n")
+    assert main(["sweep", str(f), "--results-dir", str(res), "--dry-run"]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 2 and sorted(err)[0].startswith(f"warning: skipped {res / 'half.json'}: not valid JSON")
+    assert sorted(err)[1] == f"warning: skipped {res / 'notes.json'}: not a merge-bench record (no run_id; 21 of its " \
+                             "21 keys missing)"
+
+
+def test_a_local_ray_instance_binds_loopback_only(monkeypatch):
+    ray = pytest.importorskip("ray")
+    from benchmark.executors import RayExecutor
+
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    RayExecutor()._start(ray)
+    assert seen["_node_ip_address"] == "127.0.0.1" and seen["include_dashboard"] is False
+
+
 #: the same through the real entry point, in fresh interpreters, run side by side
 SUBPROCESS = [0, 1, 3, 16, 55, 62, 67]  # indexes into BAD: 2 of them import torch (run, sweep)
 
