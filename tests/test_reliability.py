@@ -529,6 +529,13 @@ def test_fuzzed_codec_input_raises_storage_error_only(key, data):
     _decode_bounded(name, params, parts, meta)
 
 
+def test_the_fuzz_covers_every_registered_codec():
+    from benchmark.registry import CODECS
+
+    builtin = {p.name for p in CODECS.plugins() if p.obj.__module__.startswith("methods.codecs.")}
+    assert builtin == {name for name, *_ in SAMPLES.values()}
+
+
 def test_a_tiny_stream_that_declares_a_huge_mask_is_refused_before_allocating():
     """The issue's 24-byte entropy stream: one module of 2**28 entries, all zero, Golomb-coded in 5 bytes."""
     head = bytearray(b"ENTC") + bytes([1, 0, 1, 1, 1]) + bytes([0x80, 0x80, 0x80, 0x80, 0x01]) + bytes([5])
