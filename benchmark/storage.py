@@ -19,7 +19,6 @@ allocating them, after checking it against the bytes actually present. Every fai
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import json
 import os
 import tempfile
@@ -31,9 +30,10 @@ from typing import Any, ClassVar, Iterator, Mapping
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
+from benchmark.cache import sha256_file
 from benchmark.contract import Artifacts
 from benchmark.errors import StorageError
 from benchmark.registry import CODECS, RegistryError
@@ -199,15 +199,7 @@ def write_artifacts(artifacts: Artifacts, path: str | os.PathLike) -> Written:
         raise
     total = path.stat().st_size
     breakdown["container_overhead"] = {"codec": "safetensors", "bytes": total - sum(b["bytes"] for b in breakdown.values())}
-    return Written(path, total, breakdown, _sha256(path))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+    return Written(path, total, breakdown, sha256_file(path))
 
 
 def _index_entry(path: Path, name: Any, entry: Any) -> tuple[str, int, dict[str, Any] | None, Any, list[str]]:
@@ -241,7 +233,7 @@ def read_artifacts(path: str | os.PathLike, sha256: str | None = None, max_bytes
         raise StorageError(f"{path}: {size} bytes exceed the decode limit of {limit} for this model")
     if sha256 is not None:
         try:
-            got = _sha256(path)
+            got = sha256_file(path)
         except OSError as e:
             raise StorageError(f"{path}: not a readable artifact file ({e.strerror or e})") from None
         if got != sha256:
