@@ -133,12 +133,19 @@ def load_sweep_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def import_plugins(modules: Iterable[str]) -> None:
-    """Import plugin modules (each registers itself on import)."""
+    """Import plugin modules (each registers itself on import). A name that is not a dotted module name, a module
+    that is not there, or one whose own code fails on import is one line naming it (an empty or relative name was
+    a ``ValueError``/``TypeError`` traceback)."""
     for name in modules:
+        if not isinstance(name, str) or not name or not all(p.isidentifier() for p in name.split(".")):
+            raise UserError(f"plugin {name!r} is not a module name (dotted identifiers, e.g. my_pkg.methods)")
         try:
             importlib.import_module(name)
         except ImportError as e:
             raise UserError(f"cannot import plugin module {name!r}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - the plugin's own code failed: say which, in one line
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise UserError(f"plugin module {name!r} failed on import: {type(e).__name__}: {first}") from None
 
 
 def module_roots(modules: Iterable[str]) -> list[str]:
