@@ -105,6 +105,12 @@ def validate(record: dict[str, Any]) -> None:
         if isinstance(v, bool) or not isinstance(v, kind):
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             raise RecordError(f"record {record['run_id']!r}: {key} must be {names}, got {v!r:.60}")
+    for key, kind in (("val_metrics", dict), ("val_average", (int, float))):  # optional, typed when present
+        if key in record and (isinstance(record[key], bool) or not isinstance(record[key], kind)):
+            raise RecordError(f"record {record['run_id']!r}: {key} must be "
+                              f"{'an object' if kind is dict else 'a number'}, got {record[key]!r:.60}")
+    if "val_average" in record and not math.isfinite(record["val_average"]):
+        raise RecordError(f"record {record['run_id']}: val_average is not finite: {record['val_average']!r}")
     for key in ("seed", "storage_bytes", "peak_rss_bytes"):
         if record[key] < 0:
             raise RecordError(f"record {record['run_id']}: {key} must be >= 0, got {record[key]}")

@@ -381,6 +381,23 @@ def test_a_stray_json_in_results_is_one_warning_line_and_the_sweep_resumes(tmp_p
                              "21 keys missing)"
 
 
+@pytest.mark.parametrize("over", [{"storage_bytes": "10 MB"}, {"seed": True}, {"average": float("nan")},
+                                  {"metrics": {"a": "90"}}, {"val_metrics": [1]}, {"val_average": "x"},
+                                  {"checkpoints": []}, {"params": None}])
+def test_a_record_of_the_wrong_types_is_skipped_with_one_warning_naming_it(tmp_path, over):
+    from benchmark.records import RecordWarning, load_records
+    from test_records import make_record
+
+    write_record(make_record(), tmp_path)
+    (tmp_path / "typed.json").write_text(json.dumps(make_record("b-m-tiny-s1-def", **over)))
+    with pytest.warns(RecordWarning) as caught:
+        assert [r["run_id"] for r in load_records(tmp_path)] == ["b-m-tiny-s0-abc"]
+    (w,) = [str(c.message) for c in caught]
+    assert "typed.json" in w and "\n" not in w
+    with pytest.raises(RecordError):
+        write_record(make_record("b-m-tiny-s1-def", **over), tmp_path / "w")  # and never written
+
+
 def test_a_local_ray_instance_binds_loopback_only(monkeypatch):
     ray = pytest.importorskip("ray")
     from benchmark.executors import RayExecutor
