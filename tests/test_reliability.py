@@ -96,7 +96,15 @@ CORRUPTIONS = {
     "manifest garbage": lambda e, other: (e / "entry.json").write_bytes(b"\xff{"),
     "legacy manifest": lambda e, other: (e / "entry.json").write_text(json.dumps({"name": "ckpt"})),
     "marker only": lambda e, other: [p.unlink() for p in e.rglob("*") if p.is_file() and p.name != ".complete"],
+    "entry is a file": lambda e, other: (_rmtree(e), e.write_text("x")),
+    "entry is a symlink to another": lambda e, other: (_rmtree(e), e.symlink_to(other)),
 }
+
+
+def _rmtree(p: Path) -> None:
+    import shutil
+
+    shutil.rmtree(p)
 
 
 def _swap_dirs(a: Path, b: Path) -> None:
@@ -124,6 +132,7 @@ def test_a_damaged_cache_entry_is_rebuilt_once_with_a_warning_never_used(tmp_pat
     got = _load(again)
     assert all(torch.equal(got[k], want[k]) for k in want)  # the rebuilt bits, not the damaged ones
     assert cache.sha256(again / "finetuned.safetensors") == want_sha
+    assert not other_entry.is_symlink() and cache.verify(other_entry, "ckpt")  # the other entry is untouched
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert cache.get_or_build("ckpt", {"task": "a"}, 0, "v1", good) == entry and good.calls == 2  # valid now
