@@ -91,6 +91,8 @@ class PreparedBackbone(Backbone):
         return dict(self._finetuned[task])
 
     def checkpoints(self) -> dict[str, str]:
+        """Checkpoint name -> sha256. For cached (tiny) checkpoints these are the hashes the cache verified the
+        files against before they were loaded (:meth:`benchmark.cache.Cache.sha256`), not a second reading."""
         self.prepare()
         return dict(self._checkpoints)
 

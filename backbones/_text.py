@@ -68,7 +68,7 @@ from torch import Tensor, nn
 
 from backbones._base import PreparedBackbone
 from backbones.clip_vit import ClipOps, _cosine_lr, _deterministic, _stable_hash
-from benchmark.cache import code_version, sha256_file
+from benchmark.cache import code_version
 from benchmark.contract import StateDict
 from benchmark.errors import UserError
 
@@ -333,17 +333,17 @@ class TextBackbone(PreparedBackbone):
         self.encoder.eval()  # no dropout while the heads and the preservation anchors are computed
         self.mergeable_names = [n for n, _ in self.encoder.named_parameters()]
         self._pretrained = {k: state[k].float() for k in self.mergeable_names}
-        self._checkpoints["pretrained"] = sha256_file(pre_path)
+        self._checkpoints["pretrained"] = self._cache().sha256(pre_path)
         heads_path = self._heads(self._checkpoints["pretrained"])
         flat = load_file(str(heads_path))
         self.heads = {t: {k.split("/", 1)[1]: v.float() for k, v in flat.items() if k.split("/", 1)[0] == t}
                       for t in self.tasks}
-        self._checkpoints["heads"] = sha256_file(heads_path)
+        self._checkpoints["heads"] = self._cache().sha256(heads_path)
         for task in self.tasks:
             p = self._finetune(task, self._checkpoints["pretrained"], self._checkpoints["heads"])
             sd = load_file(str(p))
             self._finetuned[task] = {k: sd[k].float() for k in self.mergeable_names}
-            self._checkpoints[f"finetuned/{task}"] = sha256_file(p)
+            self._checkpoints[f"finetuned/{task}"] = self._cache().sha256(p)
 
     def _stage_cfg(self, prefixes: tuple[str, ...]) -> dict[str, Any]:
         return {"model": self.model, "profile": self.profile, "config": self.config, "data": self._data_key(),

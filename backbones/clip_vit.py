@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones._base import DEVICE_ENV_VAR, PreparedBackbone  # noqa: F401  (DEVICE_ENV_VAR: re-exported)
-from benchmark.cache import code_version, sha256_file
+from benchmark.cache import code_version
 from benchmark.contract import StateDict
 from benchmark.errors import UserError
 from benchmark.registry import BACKBONES
@@ -558,16 +558,16 @@ class ClipViT(PreparedBackbone):
         self.encoder.load_state_dict(self._pretrained, strict=True)
         self.mergeable_names = [n for n, _ in self.encoder.named_parameters()]
         self._pretrained = {k: self._pretrained[k].float() for k in self.mergeable_names}
-        self._checkpoints["pretrained"] = sha256_file(pre_path)
+        self._checkpoints["pretrained"] = self._cache().sha256(pre_path)
         heads_path = self._heads(self._checkpoints["pretrained"])
         heads = load_file(str(heads_path))
         self.heads = {t: heads[t].float() for t in self.tasks}
-        self._checkpoints["heads"] = sha256_file(heads_path)
+        self._checkpoints["heads"] = self._cache().sha256(heads_path)
         for task in self.tasks:
             p = self._finetune(task, self._checkpoints["pretrained"], self._checkpoints["heads"])
             sd = load_file(str(p))
             self._finetuned[task] = {k: sd[k].float() for k in self.mergeable_names}
-            self._checkpoints[f"finetuned/{task}"] = sha256_file(p)
+            self._checkpoints[f"finetuned/{task}"] = self._cache().sha256(p)
 
     def suite_prepare(self) -> None:
         prep = getattr(self.suite, "prepare", None)

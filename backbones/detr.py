@@ -111,7 +111,7 @@ from torch import Tensor, nn
 
 from backbones._base import PreparedBackbone
 from backbones.clip_vit import ClipOps, _cosine_lr, _deterministic
-from benchmark.cache import code_version, sha256_file
+from benchmark.cache import code_version
 from benchmark.contract import StateDict
 from benchmark.errors import UserError
 from benchmark.registry import BACKBONES
@@ -576,19 +576,19 @@ class Detr(PreparedBackbone):
         self.detector.load_state_dict({k[len("detector."):]: v for k, v in sd.items() if k.startswith("detector.")})
         self.mergeable_names = [n for n, _ in self.detector.named_parameters()]
         self._pretrained = {k: v.detach().clone().float() for k, v in self.detector.named_parameters()}
-        self._checkpoints["pretrained"] = sha256_file(pre_path)
+        self._checkpoints["pretrained"] = self._cache().sha256(pre_path)
         heads_path = self._stage("heads", {"pretrained": self._checkpoints["pretrained"]},
                                  self._build_heads) / "heads.safetensors"
         hs = load_file(str(heads_path))
         self.heads = {t: (hs[f"{t}/weight"].float(), hs[f"{t}/bias"].float()) for t in self.tasks}
-        self._checkpoints["heads"] = sha256_file(heads_path)
+        self._checkpoints["heads"] = self._cache().sha256(heads_path)
         for task in self.tasks:
             p = self._stage("finetune", {"pretrained": self._checkpoints["pretrained"],
                                          "heads": self._checkpoints["heads"], "task": task},
                             lambda tmp, task=task: self._build_finetune(task, tmp), name=f"finetune/{task}")
             ft = load_file(str(p / "finetuned.safetensors"))
             self._finetuned[task] = {k: ft[k].float() for k in self.mergeable_names}
-            self._checkpoints[f"finetuned/{task}"] = sha256_file(p / "finetuned.safetensors")
+            self._checkpoints[f"finetuned/{task}"] = self._cache().sha256(p / "finetuned.safetensors")
 
     def _stage(self, stage: str, extra: dict[str, Any], build: Any, name: str | None = None) -> Path:
         prefix = {"pretrain": "pretrain", "heads": "head", "finetune": ("finetune", "distill")}[stage]

@@ -10,13 +10,28 @@ import os
 import sys
 from typing import Any, Sequence
 
-from benchmark.errors import UserError
+from benchmark.errors import StorageError, UserError
 from benchmark.registry import BACKBONES, CODECS, METHODS, SUITES, RegistryError
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, like every other user error
         raise UserError(f"{self.prog}: {message}")
+
+
+def _number(kind: type, lo: float, strict: bool = False):
+    """An argparse type: a finite ``kind`` >= ``lo`` (> ``lo`` when ``strict``). NaN and infinity are refused like
+    any other bad value (they reached records as non-JSON ``NaN``/``Infinity``)."""
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if v != v or v in (float("inf"), float("-inf")) or v < lo or (strict and v == lo):
+            raise argparse.ArgumentTypeError(f"must be a finite number {'>' if strict else '>='} {lo:g}, got {text!r}")
+        return v
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
@@ -101,6 +116,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError(f"--results-dir {args.results_dir!r} is not a directory")
     fmt = args.format or {".parquet": "parquet"}.get(Path(args.output or "").suffix, "csv")
     out = Path(args.output or f"results.{fmt}")
+    if out.is_dir():
+        raise UserError(f"--output {str(out)!r} is a directory; give the table's file name")
+    if not out.parent.is_dir():
+        raise UserError(f"--output {str(out)!r}: its folder {str(out.parent)!r} is not a directory")
     frame = load(args.results_dir)
     if frame.empty:
         raise UserError(f"--results-dir {args.results_dir!r} holds no records; nothing to export")
@@ -170,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps = sub.add_parser("sweep", help="run the (method x grid x backbone x seed) runs of sweep files; resumable")
     ps.add_argument("files", nargs="+", metavar="SWEEP.yaml", help="sweep files (format: benchmark/sweep.py)")
     ps.add_argument("--executor", choices=["local", "ray"], default="local")
-    ps.add_argument("--jobs", type=int, default=None,
+    ps.add_argument("--jobs", type=_number(int, 1), default=None,
                     help="local: runs at a time, each in its own process (default 1: in this process); "
                          "ray: CPUs of the local Ray instance")
     ps.add_argument("--results-dir", default="results")
@@ -178,11 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--skip-unknown", action="store_true",
                     help="skip methods/backbones/suites that are not registered (named in a warning)")
     ps.add_argument("--fail-fast", action="store_true", help="stop at the first failed run")
-    ps.add_argument("--max-retries", type=int, default=2,
+    ps.add_argument("--max-retries", type=_number(int, 0), default=2,
                     help="re-runs of a run whose worker process died (ray, --jobs N); exceptions are never retried")
     ps.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local instance)")
-    ps.add_argument("--cpus-per-run", type=float, default=1.0, help="ray: CPUs each run asks for")
-    ps.add_argument("--gpus-per-run", type=float, default=None, help="ray: GPUs each run asks for (default: 1 on "
+    ps.add_argument("--cpus-per-run", type=_number(float, 0, strict=True), default=1.0, help="ray: CPUs each run asks for")
+    ps.add_argument("--gpus-per-run", type=_number(float, 0), default=None, help="ray: GPUs each run asks for (default: 1 on "
                                                                      "the paper profile, else 0)")
     ps.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                     help="import this module first (out-of-tree plugins); repeatable")
@@ -221,12 +240,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
 
+    from benchmark.cache import CacheWarning
     from benchmark.records import RecordError, RecordWarning
 
     show = warnings.showwarning
 
-    def one_line(message, category, *a, **k):  # a skipped record is one line on stderr, not a source excerpt
-        if issubclass(category, RecordWarning):
+    def one_line(message, category, *a, **k):  # a skipped record, a rebuilt cache entry: one line, no source excerpt
+        if issubclass(category, (RecordWarning, CacheWarning)):
             print(f"warning: {message}", file=sys.stderr)
         else:
             show(message, category, *a, **k)
@@ -243,8 +263,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RecordError as e:  # e.g. a rerun whose scores differ from its record: said in one line, both kept
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except StorageError as e:  # an artifact file that does not read back as written: refused, in one line
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except FileNotFoundError as e:
         print(f"error: file not found: {e.filename or e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user gave that the system refuses (a file for a folder, no permission, ...)
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; no record was written", file=sys.stderr)

@@ -9,13 +9,16 @@ run that raises is a failed outcome and the sweep goes on.
 * :class:`ProcessPoolExecutor` (``--executor local --jobs N``): N runs at a time, each in a fresh child process
   (forked from a fork server that has imported the plugins' code), so one run's memory, threads or crash never
   touch another; each child gets its share of the CPUs as torch threads (:func:`threads_per_run`); a child that dies
-  without reporting (killed, out of memory) is retried up to ``max_retries`` times, then reported as failed.
+  without reporting (killed, out of memory) is retried up to ``max_retries`` times, then reported as failed. A
+  child never outlives the sweep, even a SIGKILLed one: it dies with the fork server (:func:`die_with_parent`) and
+  also watches the sweep's own pid (:func:`die_with`).
 * :class:`RayExecutor` (``--executor ray``): one Ray task per run, on a local instance or on the cluster at
   ``address``. Each task asks for ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs (default: 1 on the paper
   profile, 0 otherwise); a task whose worker dies is retried by Ray (``max_retries``); Python exceptions are not
   retried (they would fail again). Each run gets a fresh worker process (``max_calls=1``), so the record's peak
   memory is that run's and GPU memory is given back. The worker writes the record; the driver writes it only when
-  the worker's file is not visible to it (a multi-node cluster without a shared file system).
+  the worker's file is not visible to it (a multi-node cluster without a shared file system). A local instance
+  is started on 127.0.0.1 without a dashboard: a local sweep needs no network.
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ from benchmark.sweep import Outcome, SweepRun, import_plugins, module_roots
 
 __all__ = ["Executor", "SequentialExecutor", "ProcessPoolExecutor", "RayExecutor", "make_executor", "run_one"]
 
+#: the address a local Ray instance binds (its GCS, raylet and object store); a local sweep needs no network
+LOCAL_RAY_IP = "127.0.0.1"
 #: environment variables a Ray worker on another node (or started before this driver) needs from the driver
 FORWARDED_ENV = (
     "MERGE_BENCH_CACHE", "MERGE_BENCH_MODELS", "MERGE_BENCH_DATA", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
@@ -115,6 +120,49 @@ def die_with_parent() -> None:
         pass
 
 
+def die_with(pid: int, poll_s: float = 0.5) -> None:
+    """SIGKILL this process soon after process ``pid`` (the sweep) is gone, whoever our parent is.
+
+    :func:`die_with_parent` chains through the fork server, whose own death signal fires when the *thread* that
+    started it exits, and a fork server can outlive the sweep in ways the kernel does not see as a parent's death.
+    So each run also watches the sweep itself, from a daemon thread: on Linux through a pidfd (readable when the
+    process exits; no pid-reuse race), elsewhere by polling ``os.kill(pid, 0)``. Started in the run's own process,
+    so nothing has to survive a fork for it to work."""
+    import threading
+
+    def kill() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            kill()
+        except OSError:
+            pass
+
+    def watch() -> None:
+        if fd is not None:
+            import select
+
+            select.select([fd], [], [])
+            kill()
+        while True:
+            time.sleep(poll_s)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                kill()
+            except OSError:
+                pass
+
+    threading.Thread(target=watch, name=f"die-with-{pid}", daemon=True).start()
+
+
 def threads_per_run(jobs: int) -> int | None:
     """Torch threads for each of ``jobs`` concurrent runs on this machine: its CPUs shared out, at least 1. None
     when ``OMP_NUM_THREADS`` is set: the user chose, and torch follows it already. Without this every child takes
@@ -126,8 +174,11 @@ def threads_per_run(jobs: int) -> int | None:
     return max(1, cpus // jobs)
 
 
-def _child(spec: RunSpec, plugins: Sequence[str], conn: mp.connection.Connection, threads: int | None = None) -> None:
+def _child(spec: RunSpec, plugins: Sequence[str], conn: mp.connection.Connection, threads: int | None = None,
+           sweep_pid: int | None = None) -> None:
     die_with_parent()
+    if sweep_pid is not None:
+        die_with(sweep_pid)
     if threads is not None:
         import torch
 
@@ -178,7 +229,7 @@ class ProcessPoolExecutor(Executor):
                 while queue and len(active) < self.jobs:
                     r, attempt = queue.popleft()
                     recv, send = ctx.Pipe(duplex=False)
-                    proc = ctx.Process(target=_child, args=(r.spec, self.plugins, send, self.threads),
+                    proc = ctx.Process(target=_child, args=(r.spec, self.plugins, send, self.threads, os.getpid()),
                                        name=f"sweep-{r.config_hash}")
                     proc.start()
                     send.close()
@@ -260,9 +311,9 @@ class RayExecutor(Executor):
         common = dict(log_to_driver=False, logging_level="WARNING", configure_logging=True)
         if self.address:
             ray.init(address=self.address, **common)
-        else:
+        else:  # a local instance serves this machine only: loopback, no dashboard (nothing listens outside)
             ray.init(num_cpus=self.num_cpus or os.cpu_count() or 1, include_dashboard=False,
-                     object_store_memory=self.object_store_mb * 1024 * 1024, **common)
+                     _node_ip_address=LOCAL_RAY_IP, object_store_memory=self.object_store_mb * 1024 * 1024, **common)
         self._owns = True
 
     def run(self, runs: Sequence[SweepRun]) -> Iterator[Outcome]:

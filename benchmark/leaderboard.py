@@ -43,6 +43,7 @@ import io
 import math
 import os
 import re
+import tempfile
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -859,6 +860,26 @@ def _write_if_changed(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def check_output(output: str | os.PathLike) -> None:
+    """Refuse, in one line and before anything is written, a leaderboard path that cannot be written: a directory,
+    a path under a file, a read-only folder, or a plot folder (``<dir>/<stem>/``) that is a file."""
+    from benchmark.errors import UserError
+
+    output = Path(output)
+    plots = output.parent / output.stem
+    if output.is_dir():
+        raise UserError(f"--output {str(output)!r} is a directory; give the leaderboard's file name (e.g. leaderboard.md)")
+    if plots.exists() and not plots.is_dir():
+        raise UserError(f"the plot folder {str(plots)!r} of --output {str(output)!r} is a file")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise UserError(f"--output {str(output)!r}: its folder is not a writable directory ({e.strerror or e})") from None
+
+
 def write_leaderboard(results_dir: str | os.PathLike = "results", output: str | os.PathLike = "leaderboard.md") -> Path:
     """Write ``output`` and its plots (``<output dir>/<output stem>/<profile>_<backbone>_<suite>.png``) from the
     records under ``results_dir``; returns the path of ``output``.
@@ -871,6 +892,7 @@ def write_leaderboard(results_dir: str | os.PathLike = "results", output: str | 
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise UserError(f"--results-dir {str(results_dir)!r} is not a directory; the leaderboard was left as it is")
+    check_output(output)
     records = load_records(results_dir)
     if not records:
         raise UserError(f"--results-dir {str(results_dir)!r} holds no records; the leaderboard was left as it is")

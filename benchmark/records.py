@@ -95,6 +95,9 @@ def validate(record: dict[str, Any]) -> None:
     if not isinstance(record, dict):
         raise RecordError(f"a record is a JSON object, got {type(record).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing and "run_id" not in record:  # a foreign JSON (a config, a notes file): say so, not 21 key names
+        raise RecordError(f"not a merge-bench record (no run_id; {len(missing)} of its {len(REQUIRED_KEYS)} keys "
+                          "missing)")
     if missing:
         raise RecordError(f"record {record.get('run_id', '?')} lacks keys {missing}")
     for key, kind in _KEY_TYPES.items():
@@ -102,6 +105,12 @@ def validate(record: dict[str, Any]) -> None:
         if isinstance(v, bool) or not isinstance(v, kind):
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             raise RecordError(f"record {record['run_id']!r}: {key} must be {names}, got {v!r:.60}")
+    for key, kind in (("val_metrics", dict), ("val_average", (int, float))):  # optional, typed when present
+        if key in record and (isinstance(record[key], bool) or not isinstance(record[key], kind)):
+            raise RecordError(f"record {record['run_id']!r}: {key} must be "
+                              f"{'an object' if kind is dict else 'a number'}, got {record[key]!r:.60}")
+    if "val_average" in record and not math.isfinite(record["val_average"]):
+        raise RecordError(f"record {record['run_id']}: val_average is not finite: {record['val_average']!r}")
     for key in ("seed", "storage_bytes", "peak_rss_bytes"):
         if record[key] < 0:
             raise RecordError(f"record {record['run_id']}: {key} must be >= 0, got {record[key]}")
@@ -165,8 +174,36 @@ def write_record(record: dict[str, Any], results_dir: str | os.PathLike) -> Path
     return atomic_write_text(path, text)
 
 
+#: a dot-named temp file older than this was left by a killed writer (a write takes milliseconds)
+STALE_TEMP_S = 3600.0
+
+
+def remove_stale_temps(folder: str | os.PathLike, older_than_s: float = STALE_TEMP_S) -> int:
+    """Remove the dot-named ``*.tmp`` files (:func:`atomic_write_text`, the artifact writer) and ``.write-test.*``
+    files a killed process left in ``folder``; only those older than ``older_than_s``, so a live writer's temp file
+    is never taken from under it. Returns how many were removed."""
+    import time
+
+    now = time.time()
+    n = 0
+    try:
+        names = [p for p in Path(folder).iterdir() if p.name.startswith(".")
+                 and (p.name.endswith(".tmp") or p.name.startswith(".write-test."))]
+    except OSError:
+        return 0
+    for p in names:
+        try:
+            if p.is_file() and not p.is_symlink() and now - p.stat().st_mtime > older_than_s:
+                p.unlink()
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
 def check_writable(results_dir: str | os.PathLike) -> None:
-    """Create ``results_dir`` and write-test it, so that a run learns of a bad results dir before its work."""
+    """Create ``results_dir`` and write-test it, so that a run learns of a bad results dir before its work; and
+    sweep the temp files killed writers left there (:func:`remove_stale_temps`)."""
     d = Path(results_dir)
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -175,6 +212,7 @@ def check_writable(results_dir: str | os.PathLike) -> None:
         os.unlink(tmp)
     except OSError as e:
         raise RecordError(f"results dir {str(d)!r} is not a writable directory ({e.strerror or e})") from None
+    remove_stale_temps(d)
 
 
 def load_records(results_dir: str | os.PathLike, strict: bool = False) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ from benchmark.profiles import PROFILES
 from benchmark.records import RecordError, check_writable, config_hash, write_record
 from benchmark.registry import BACKBONES, CODECS, METHODS, SUITES, Plugin
 from benchmark.routing import RoutedInference, plain_knn_router
-from benchmark.storage import read_artifacts, write_artifacts
+from benchmark.storage import StorageError, decode_limit_for, read_artifacts, write_artifacts
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -226,8 +226,9 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path]:
         check_writable(spec.results_dir)  # before minutes or hours of work, not after
     except RecordError as e:
         raise UserError(str(e)) from None
-    reset_peak_rss()
     cache = Cache(spec.cache_root)
+    cache.check_writable()  # likewise: a cache path that is a file, or read-only, fails here in one line
+    reset_peak_rss()
     torch.manual_seed(spec.seed)
     backbone = make_backbone(res, cache)
     backbone.prepare()
@@ -252,7 +253,13 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path]:
     if artifacts:
         written = write_artifacts(artifacts, cache.root / "artifacts" / f"{run_id}.safetensors")
         storage_bytes, breakdown = written.total_bytes, written.breakdown
-        reloaded = read_artifacts(written.path)
+        # the file is checked against the hash measured when it was written, and decoded under a limit derived
+        # from this model (a damaged or replaced file is refused, never evaluated)
+        limit = decode_limit_for(sum(t.numel() * t.element_size() for t in pool.pretrained.values()), len(tasks))
+        try:
+            reloaded = read_artifacts(written.path, sha256=written.sha256, max_bytes=limit)
+        except StorageError as e:
+            raise StorageError(f"artifacts of {run_id}: {e}") from None
     else:
         storage_bytes, breakdown, reloaded = 0, {}, {}
     codecs_used = sorted({a.codec for a in artifacts.values()})

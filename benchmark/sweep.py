@@ -70,6 +70,7 @@ __all__ = [
     "load_sweeps",
     "finished",
     "execute",
+    "check_destinations",
     "cmd_sweep",
 ]
 
@@ -112,11 +113,13 @@ class Sweep:
 def load_sweep_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"sweep file not found: {path}") from None
     except OSError as e:
         raise UserError(f"cannot read sweep file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the sweep file as UTF-8") from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -130,12 +133,19 @@ def load_sweep_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def import_plugins(modules: Iterable[str]) -> None:
-    """Import plugin modules (each registers itself on import)."""
+    """Import plugin modules (each registers itself on import). A name that is not a dotted module name, a module
+    that is not there, or one whose own code fails on import is one line naming it (an empty or relative name was
+    a ``ValueError``/``TypeError`` traceback)."""
     for name in modules:
+        if not isinstance(name, str) or not name or not all(p.isidentifier() for p in name.split(".")):
+            raise UserError(f"plugin {name!r} is not a module name (dotted identifiers, e.g. my_pkg.methods)")
         try:
             importlib.import_module(name)
         except ImportError as e:
             raise UserError(f"cannot import plugin module {name!r}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - the plugin's own code failed: say which, in one line
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise UserError(f"plugin module {name!r} failed on import: {type(e).__name__}: {first}") from None
 
 
 def module_roots(modules: Iterable[str]) -> list[str]:
@@ -520,6 +530,24 @@ def execute(
 # The command
 
 
+def check_destinations(results_dir: str | os.PathLike, leaderboard: str | os.PathLike | None) -> None:
+    """Everything a sweep writes, write-tested before its first run: the results dir, the cache, and the
+    leaderboard's folder. A bad one was found only after the runs (hours on the paper profile), or made every run
+    fail one by one."""
+    from benchmark.cache import Cache
+    from benchmark.records import check_writable
+
+    try:
+        check_writable(results_dir)
+    except RecordError as e:
+        raise UserError(str(e)) from None
+    Cache().check_writable()
+    if leaderboard is not None:
+        from benchmark.leaderboard import check_output
+
+        check_output(leaderboard)
+
+
 def cmd_sweep(args: Any) -> int:
     """``python -m benchmark sweep FILE... [options]`` (the arguments are declared in ``benchmark.__main__``)."""
     from benchmark.executors import make_executor
@@ -537,6 +565,7 @@ def cmd_sweep(args: Any) -> int:
             print(f"{'finished' if r.config_hash in done else 'to run  '}  {r.config_hash}  {r.label}")
         print(f"{len(sweep.runs)} runs: {len(done)} finished, {len(sweep.runs) - len(done)} to run")
         return 0
+    check_destinations(results_dir, None if args.no_leaderboard else args.leaderboard)
     executor = make_executor(args.executor, plugins=sweep.plugins, jobs=args.jobs, max_retries=args.max_retries,
                              ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
                              gpus_per_run=args.gpus_per_run, progress=not args.no_progress)

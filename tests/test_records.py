@@ -118,7 +118,7 @@ def test_stray_or_corrupt_json_is_skipped_with_a_warning_naming_it(tmp_path):
     assert rec["run_id"] == "b-m-tiny-s0-abc"
     msgs = sorted(str(w.message) for w in caught)
     assert len(msgs) == 4 and all(m.count("\n") == 0 for m in msgs)
-    assert "bad.json: not valid JSON" in msgs[0] and "lacks keys" in msgs[1] and "latin1.json" in msgs[2]
+    assert "bad.json: not valid JSON" in msgs[0] and "not a merge-bench record" in msgs[1] and "latin1.json" in msgs[2]
     assert "storage_bytes must be int, got '10 MB'" in msgs[3]
     with pytest.raises(RecordError, match="bad.json"):
         load_records(tmp_path, strict=True)

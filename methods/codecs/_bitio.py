@@ -24,8 +24,10 @@ The module names are not in the stream: the codec's JSON meta holds them (``{"na
 Decoding never trusts a length: every payload length, count and field is checked against the bytes that remain
 before anything is allocated from it, and the CRC is checked first, so a damaged stream is reported as a
 ``StorageError`` naming what is wrong. The one size a compressed stream cannot bound by its own length is a
-module's element count n (a mask of 10**6 zeros legitimately takes a few bytes): it is covered by the CRC and
-capped at ``MAX_ELEMENTS``.
+module's element count n (a mask of 10**6 zeros legitimately takes a few bytes): it is covered by the CRC, capped
+at ``MAX_ELEMENTS``, and the whole table's decoded size (``DECODED_PER_ELEMENT`` bytes an element) is reserved from
+the decode budget (:func:`benchmark.storage.reserve`, sized from the model being loaded) before any module is
+decoded: a 24-byte stream that declares a 2**28-entry mask is refused, not allocated.
 """
 from __future__ import annotations
 
@@ -36,11 +38,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from benchmark.storage import StorageError
+from benchmark.storage import StorageError, reserve
 from methods.codecs._sparse import SparseCodes
 
 MAX_ELEMENTS = 2**31 - 1  # per module; int32-addressable, and 16x the paper's largest vector (2**27)
 MAX_NDIM = 8
+#: bytes a decoded element may take: its mask entry, its code (at most one a position) and one working copy
+DECODED_PER_ELEMENT = 3
 _CRC_BYTES = 4
 
 
@@ -213,7 +217,10 @@ def unpack_codes(buf: np.ndarray, count: int, bits: int) -> np.ndarray:
 
 
 def unzstd(data: np.ndarray, size: int, what: str) -> np.ndarray:
-    """One complete zstd frame that declares, and holds, exactly ``size`` bytes and nothing after it."""
+    """One complete zstd frame that declares, and holds, exactly ``size`` bytes and nothing after it.
+
+    ``size`` comes from the (already budgeted) module table, never from the frame; the decompressor is capped at
+    it (``max_output_size``), so ~1 KB of zstd cannot become hundreds of MiB."""
     import zstandard
 
     raw = data.tobytes()
@@ -223,13 +230,16 @@ def unzstd(data: np.ndarray, size: int, what: str) -> np.ndarray:
         raise StorageError(f"{what}: not a zstd frame ({e})") from None
     if declared != size:
         raise StorageError(f"{what}: zstd frame declares {declared} bytes, expected {size}")
-    dobj = zstandard.ZstdDecompressor().decompressobj()
+    if size == 0:  # zstandard reads max_output_size=0 as "no limit"
+        max_out = 1
+    else:
+        max_out = size
     try:
-        out = dobj.decompress(raw)
+        out = zstandard.ZstdDecompressor().decompress(raw, max_output_size=max_out, allow_extra_data=False)
     except zstandard.ZstdError as e:
-        raise StorageError(f"{what}: zstd frame is corrupted ({e})") from None
-    if not dobj.eof or dobj.unused_data or len(out) != size:
-        raise StorageError(f"{what}: zstd frame is truncated, overlong or followed by stray bytes")
+        raise StorageError(f"{what}: zstd frame is corrupted, truncated or followed by stray bytes ({e})") from None
+    if len(out) != size:
+        raise StorageError(f"{what}: zstd frame holds {len(out)} bytes, expected {size}")
     return np.frombuffer(out, dtype=np.uint8)
 
 
@@ -332,6 +342,8 @@ def unframe(parts: Mapping[str, Tensor], magic: bytes, version: int, what: str, 
         t = parts["stream"]
     except KeyError:
         raise StorageError(f"{what}: the artifact lacks its 'stream' part") from None
+    if not isinstance(parts, Mapping):
+        raise StorageError(f"{what}: parts must be a name -> tensor map")
     if not isinstance(t, Tensor) or t.dtype != torch.uint8 or t.dim() != 1:
         raise StorageError(f"{what}: the stream must be a flat uint8 tensor")
     buf = t.detach().cpu().contiguous().numpy()
@@ -368,6 +380,7 @@ def unframe(parts: Mapping[str, Tensor], magic: bytes, version: int, what: str, 
             raise StorageError(f"{what}: module {i}: shape {shape} exceeds {MAX_ELEMENTS} elements")
         length = r.varint("payload length", r.remaining)
         table.append((shape, n, bits, length))
+    reserve(DECODED_PER_ELEMENT * sum(t[1] for t in table), what)
     entries = []
     pos = r.pos
     for i, (shape, n, bits, length) in enumerate(table):

@@ -8,7 +8,10 @@ import torch
 from torch import Tensor
 
 from benchmark.registry import CODECS
-from benchmark.storage import Codec, StorageError
+from benchmark.storage import Codec, StorageError, part, reserve
+
+#: Python objects per byte of JSON at most (a list of one-digit numbers: a pointer per 2 bytes); see ``decode``
+_PARSED_PER_BYTE = 8
 
 
 @CODECS.register("json", summary="A small JSON-able value stored as UTF-8 bytes.")
@@ -18,7 +21,14 @@ class JsonCodec(Codec):
         return {"utf8": torch.frombuffer(bytearray(raw), dtype=torch.uint8)}, {}
 
     def decode(self, parts: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Any:
+        """Bytes -> value; the parsed value is at most a small multiple of the bytes present (reserved first), and
+        deep nesting, huge integers or bad UTF-8 are a :class:`StorageError` like any other damage."""
+        what = "json artifact"
+        raw = part(parts, "utf8", what, torch.uint8)
+        if raw.dim() != 1:
+            raise StorageError(f"{what}: the 'utf8' part must be a flat byte tensor")
+        reserve(_PARSED_PER_BYTE * raw.numel(), what)
         try:
-            return json.loads(bytes(parts["utf8"].numpy()).decode())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise StorageError(f"json artifact is corrupted ({e})") from None
+            return json.loads(bytes(raw.numpy()).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+            raise StorageError(f"{what} is corrupted ({type(e).__name__}: {str(e)[:80]})") from None

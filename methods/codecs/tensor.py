@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from benchmark.registry import CODECS, Param
-from benchmark.storage import Codec, StorageError
+from benchmark.storage import Codec, StorageError, dtype_of, part, reserve
 
 _DTYPES = {"natural": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -32,7 +32,10 @@ class TensorCodec(Codec):
         return {"data": self._cast(value)}, {"dtype": str(value.dtype).removeprefix("torch.")}
 
     def decode(self, parts: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Any:
-        return parts["data"].to(getattr(torch, meta["dtype"]))
+        what = "tensor artifact"
+        if not isinstance(meta, Mapping):
+            raise StorageError(f"{what}: meta must be a JSON object")
+        return _restore(part(parts, "data", what), meta.get("dtype"), what)
 
 
 @CODECS.register(
@@ -50,7 +53,18 @@ class StateDictCodec(TensorCodec):
         return parts, {"dtypes": dtypes}
 
     def decode(self, parts: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Any:
-        try:
-            return {k: parts[k].to(getattr(torch, d)) for k, d in meta["dtypes"].items()}
-        except KeyError as e:
-            raise StorageError(f"state_dict artifact lacks tensor {e}") from None
+        what = "state_dict artifact"
+        dtypes = meta.get("dtypes") if isinstance(meta, Mapping) else None
+        if not isinstance(dtypes, Mapping):
+            raise StorageError(f"{what}: meta has no 'dtypes' object")
+        return {k: _restore(part(parts, k, f"{what} tensor {k!r}"), d, f"{what} tensor {k!r}")
+                for k, d in dtypes.items()}
+
+
+def _restore(t: Tensor, dtype_name: Any, what: str) -> Tensor:
+    """``t`` cast back to the dtype it was encoded from (one of the storage module's DTYPES); the cast's output is
+    reserved from the decode budget first (a float16 part restored to float64 is four times its bytes)."""
+    dtype = dtype_of(dtype_name, what)
+    if dtype != t.dtype:
+        reserve(t.numel() * torch.empty(0, dtype=dtype).element_size(), what)
+    return t.to(dtype)
