@@ -1,4 +1,4 @@
-"""``python -m benchmark``: list, run, sweep, leaderboard, export, suite-card.
+"""``python -m benchmark``: list, run, sweep, select, leaderboard, export, suite-card.
 
 User mistakes (unknown names, bad parameters, missing files) print one line on stderr and exit 2, with no
 traceback.
@@ -39,12 +39,18 @@ def cmd_list(args: argparse.Namespace) -> int:
             if p.kind == "method":
                 extra = f" [{'reference' if getattr(p.obj, 'reference', False) else p.obj.kind}]"
             if p.kind == "backbone":
-                extra = f" [suites: {', '.join(p.meta.get('suites', ()))}; default {p.meta.get('default_suite')}]"
+                extra = (f" [kind: {p.meta.get('task_kind', 'unstated')}; suites: {', '.join(p.meta.get('suites', ()))};"
+                         f" default {p.meta.get('default_suite')}]")
             print(f"  {p.name}{extra}: {p.summary}")
             if p.paper:
                 print(f"      paper: {p.paper}")
+            kinds = p.kind_defaults
             for prm in p.params:
-                print(f"      --set {prm.describe()}")
+                per_kind = [f"{k}: {kd.values[prm.name]!r}" for k, kd in kinds.items() if prm.name in kd.values]
+                print(f"      --set {prm.describe()}" + (f"  [default on {'; '.join(per_kind)}]" if per_kind else ""))
+            for k, kd in kinds.items():
+                vals = ", ".join(f"{n}={v!r}" for n, v in kd.values.items())
+                print(f"      defaults on {k} backbones: {vals} ({kd.source})")
         print()
 
     want = args.what
@@ -120,6 +126,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return run_sweep(args)
 
 
+def cmd_select(args: argparse.Namespace) -> int:
+    from benchmark.selection import cmd_select as run_select
+
+    return run_select(args)
+
+
 def cmd_suite_card(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -148,7 +160,7 @@ def cmd_suite_card(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m benchmark", description="merge-bench: model merging, accuracy against storage")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="{list,run,sweep,leaderboard,export,suite-card}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="{list,run,sweep,select,leaderboard,export,suite-card}")
     sub.required = True
 
     pl = sub.add_parser("list", help="methods, backbones, suites, codecs and profiles with their parameters")
@@ -191,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--no-leaderboard", action="store_true", help="do not regenerate the leaderboard")
     ps.add_argument("--no-progress", action="store_true", help="no progress bar")
     ps.set_defaults(func=cmd_sweep)
+
+    pq = sub.add_parser("select", help="each method's setting of a sweep's grids selected on val (never test)")
+    pq.add_argument("files", nargs="+", metavar="SWEEP.yaml", help="sweep files with grids (select_by: val)")
+    pq.add_argument("--results-dir", default="results")
+    pq.add_argument("--skip-unknown", action="store_true", help="skip names that are not registered")
+    pq.set_defaults(func=cmd_select)
 
     pb = sub.add_parser("leaderboard", help="regenerate leaderboard.md (and its plots) from the records")
     pb.add_argument("--results-dir", default="results")
