@@ -49,7 +49,7 @@ def make_record(method="task_arithmetic", *, kind="static", seed=0, params=None,
     return rec
 
 
-def no_defaults(method):
+def no_defaults(method, backbone=None):
     return None
 
 
@@ -230,12 +230,12 @@ def test_seeds_are_averaged_never_the_best_picked():
     recs = [make_record("m", seed=s, metrics={"t": v}, storage=b)
             for s, v, b in [(0, 60.0, 1_000_000), (1, 70.0, 1_000_000), (2, 95.0, 1_000_000)]]
     recs.append(make_record("m", seed=0, params={"lam": 0.5}, metrics={"t": 10.0}))  # another configuration
-    (t,) = lb.build_tables(recs, paper=[], defaults=lambda m: {"lam": 0.3}, task_order=no_order)
+    (t,) = lb.build_tables(recs, paper=[], defaults=lambda m, b: {"lam": 0.3}, task_order=no_order)
     r = row(t, "m · 3 seeds")
     assert r.scores["t"] == pytest.approx(75.0) and r.average == pytest.approx(75.0)
     assert r.n_seeds == 3 and r.n_runs == 3
     assert row(t, "m (lam=0.5)").scores["t"] == 10.0
-    assert md_row(lb.render_table(t), "m · 3 seeds")[3] == "**75.00**"
+    assert md_row(lb.render_table(t), "m · 3 seeds")[3] == "**75.00** ± 10.41"  # s.e. over the 3 seeds
 
 
 def test_grid_rows_are_picked_by_val_never_by_test():
@@ -248,7 +248,7 @@ def test_grid_rows_are_picked_by_val_never_by_test():
     recs = [rec(0.1, 60.0, 50.0), rec(0.2, 70.0, 55.0), rec(0.2, 72.0, 57.0, seed=1), rec(0.5, 40.0, 90.0)]
     recs.append(make_record("m", params={"lam": 0.9}, metrics={"t": 20.0}))  # no val scores: always shown
     recs.append(rec(0.3, 10.0, 10.0) | {"method": "other", "run_id": "o"})  # a single setting: no selection
-    (t,) = lb.build_tables(recs, paper=[], defaults=lambda m: {"lam": 0.3}, task_order=no_order)
+    (t,) = lb.build_tables(recs, paper=[], defaults=lambda m, b: {"lam": 0.3}, task_order=no_order)
     labels = [r.label for r in t.rows]
     assert "m (lam=0.2) · 2 seeds · best of 3 by val" in labels
     assert not any("lam=0.1" in x or "lam=0.5" in x for x in labels)
@@ -355,10 +355,10 @@ def test_name_mappings_are_explicit_and_cover_the_csv():
         for n in names:
             if "{loss}" not in n and ours != "traditional_mtl":
                 assert n.lower() in csv_methods, (ours, n)
-    assert {p.method: lb._paper_key(p.method) for p in paper if lb._paper_key(p.method) is None} == {}
-    assert lb._paper_key("EMR-merging") == "emr" and lb._paper_key("Twin-merging") == "twin"
-    assert lb._paper_key("Auto-FlexSwitch+MSE (λ = 0.9)") == "auto_flexswitch"
-    assert lb._paper_key("Auto-Switch (CVPR)") == "auto_switch"
+    assert {p.method: lb.paper_key(p.method) for p in paper if lb.paper_key(p.method) is None} == {}
+    assert lb.paper_key("EMR-merging") == "emr" and lb.paper_key("Twin-merging") == "twin"
+    assert lb.paper_key("Auto-FlexSwitch+MSE (λ = 0.9)") == "auto_flexswitch"
+    assert lb.paper_key("Auto-Switch (CVPR)") == "auto_switch"
     # every registered method declares its paper rows at registration, and the leaderboard reads them from there
     from benchmark.registry import METHODS
 
