@@ -227,7 +227,7 @@ def test_storage_is_bytes_over_1e6():
 
 
 def test_seeds_are_averaged_never_the_best_picked():
-    recs = [make_record("m", seed=s, metrics={"t": v}, storage=b)
+    recs = [make_record("m", seed=s, params={"lam": 0.3}, metrics={"t": v}, storage=b)
             for s, v, b in [(0, 60.0, 1_000_000), (1, 70.0, 1_000_000), (2, 95.0, 1_000_000)]]
     recs.append(make_record("m", seed=0, params={"lam": 0.5}, metrics={"t": 10.0}))  # another configuration
     (t,) = lb.build_tables(recs, paper=[], defaults=lambda m, b: {"lam": 0.3}, task_order=no_order)
@@ -258,11 +258,14 @@ def test_grid_rows_are_picked_by_val_never_by_test():
 
 def test_labels_show_non_default_params():
     defaults = {"lam": 0.3, "topk": 20.0, "loss": "kl", "flag": True, "n": None}
-    assert lb.method_label("ties", {"lam": 0.3, "topk": 20.0, "loss": "kl"}, defaults) == "ties"
-    assert lb.method_label("ties", {"topk": 10.0, "lam": 0.3000001, "flag": False, "n": 5}, defaults) == \
-        "ties (topk=10, flag=false, n=5)"  # declaration order; record rounding is not a difference
+    assert lb.method_label("ties", {"lam": 0.3, "topk": 20.0, "loss": "kl", "flag": True, "n": None},
+                           defaults) == "ties"
+    assert lb.method_label("ties", {"topk": 10.0, "lam": 0.3000001, "flag": False, "n": 5, "loss": "kl"},
+                           defaults) == "ties (topk=10, flag=false, n=5)"  # declaration order; rounding is no difference
     assert lb.method_label("m", {"b": 1, "a": "x"}, None) == "m (a=x, b=1)"  # unregistered: all, sorted
-    assert lb.method_label("m", {"extra": 2}, {"lam": 0.3}) == "m (extra=2)"
+    # a record from before the method declared a parameter is not at today's default: it says so
+    assert lb.method_label("ties", {"lam": 0.3, "topk": 20.0, "loss": "kl"}, defaults) == "ties (predates flag, n)"
+    assert lb.method_label("m", {"extra": 2}, {"lam": 0.3}) == "m (extra=2; predates lam)"
 
 
 def test_labels_use_the_registry_defaults():

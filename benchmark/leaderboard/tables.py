@@ -120,16 +120,23 @@ def _fmt_value(v: Any) -> str:
 
 def method_label(method: str, params: Mapping[str, Any], defaults: Mapping[str, Any] | None) -> str:
     """``name (k=v, ...)`` with the parameters that differ from ``defaults`` (all of them when ``defaults`` is
-    None), in declaration order, then unknown keys alphabetically."""
+    None), in declaration order, then unknown keys alphabetically. Declared parameters the record lacks (it was run
+    before the method had them, so its hash is not today's default's) follow as ``predates k1, k2``: such a record
+    is never shown as the default."""
+    missing: list[str] = []
     if defaults is None:
         keys = sorted(params)
         shown = keys
     else:
         keys = [k for k in defaults if k in params] + sorted(k for k in params if k not in defaults)
         shown = [k for k in keys if k not in defaults or not _same(params[k], defaults[k])]
-    if not shown:
+        missing = [k for k in defaults if k not in params]
+    parts = [", ".join(f"{k}={_fmt_value(params[k])}" for k in shown)] if shown else []
+    if missing:
+        parts.append(f"predates {', '.join(missing)}")
+    if not parts:
         return method
-    return f"{method} ({', '.join(f'{k}={_fmt_value(params[k])}' for k in shown)})"
+    return f"{method} ({'; '.join(parts)})"
 
 
 def registry_task_order(suite: str, profile: str) -> list[str] | None:
