@@ -585,3 +585,30 @@ def test_changing_only_test_labels_never_changes_a_selection(tmp_path, monkeypat
     assert label1 == label2 and "best of 5 by val" in label1
     assert [r["metrics"] for r in recs1] != [r["metrics"] for r in recs2]  # the test scores did change
     assert [r["val_metrics"] for r in recs1] == [r["val_metrics"] for r in recs2]
+
+
+def test_the_record_stores_the_values_resolved_by_the_backbones_kind(tmp_path):
+    """A method's per-kind defaults reach the record (and its config hash) on a backbone of that kind only."""
+    from benchmark.registry import KindDefaults
+    from benchmark.runner import RunSpec, run
+
+    BACKBONES.register("fake_kind_detector", summary="sweep tests: a 'detection' backbone",
+                       suites=("fake_sweep_suite",), default_suite="fake_sweep_suite", task_kind="detection")(
+        type("FakeKindDetector", (_fake_plugins._FakeBackbone,), {}))
+    METHODS.register("fake_kind_merge", summary="sweep tests: lam 0.5, 1.5 on detection",
+                     params=METHODS.get(M).params,
+                     kind_defaults={"detection": KindDefaults({"lam": 1.5}, "a table")})(
+        type("FakeKindMerge", (_fake_plugins.FakeSweepMerge,), {}))
+    try:
+        det, _ = run(RunSpec(method="fake_kind_merge", backbone="fake_kind_detector", results_dir=str(tmp_path),
+                             progress=False))
+        plain, _ = run(RunSpec(method="fake_kind_merge", backbone=B1, results_dir=str(tmp_path), progress=False))
+        assert det["params"]["lam"] == 1.5 and plain["params"]["lam"] == 0.5
+        assert det["config_hash"] == config_hash("fake_kind_merge", det["params"], "fake_kind_detector",
+                                                 "fake_sweep_suite", "tiny", 0)
+        sw = expand(sweep_doc(backbones=["fake_kind_detector", B1], methods=["fake_kind_merge"]), source="s",
+                    results_dir=tmp_path)
+        assert finished(sw.runs, tmp_path) == {r.config_hash for r in sw.runs}  # the sweep resolves the same way
+    finally:
+        METHODS.unregister("fake_kind_merge")
+        BACKBONES.unregister("fake_kind_detector")
