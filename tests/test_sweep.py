@@ -612,3 +612,17 @@ def test_the_record_stores_the_values_resolved_by_the_backbones_kind(tmp_path):
     finally:
         METHODS.unregister("fake_kind_merge")
         BACKBONES.unregister("fake_kind_detector")
+
+
+def test_leaderboard_with_a_grid_refuses_a_results_dir_without_its_val_scores(tmp_path, capsys):
+    res = tmp_path / "r"
+    f = write(tmp_path / "s.yaml", sweep_doc(select_by="val"))
+    execute(expand(sweep_doc(), source="s", results_dir=res), SequentialExecutor(), res, progress=False)
+    out = tmp_path / "lb.md"
+    assert main(["leaderboard", "--results-dir", str(res), "--output", str(out), "--grid", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "have no val scores" in err and not out.exists()
+    execute(expand(sweep_doc(select_by="val"), source="s", results_dir=res), SequentialExecutor(), res,
+            progress=False)
+    assert main(["leaderboard", "--results-dir", str(res), "--output", str(out), "--grid", str(f)]) == 0
+    assert "· best of 2 by val" in out.read_text()
