@@ -39,7 +39,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             if p.kind == "method":
                 extra = f" [{'reference' if getattr(p.obj, 'reference', False) else p.obj.kind}]"
             if p.kind == "backbone":
-                extra = (f" [kind: {p.meta.get('task_kind', 'unstated')}; suites: {', '.join(p.meta.get('suites', ()))};"
+                suites = ", ".join(p.meta.get("suites", ()))
+                extra = (f" [kind: {p.meta.get('task_kind', 'unstated')}; suites: {suites};"
                          f" default {p.meta.get('default_suite')}]")
             print(f"  {p.name}{extra}: {p.summary}")
             if p.paper:
@@ -171,7 +172,8 @@ def cmd_suite_card(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m benchmark", description="merge-bench: model merging, accuracy against storage")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="{list,run,sweep,select,leaderboard,export,suite-card}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser,
+                           metavar="{list,run,sweep,select,leaderboard,export,suite-card}")
     sub.required = True
 
     pl = sub.add_parser("list", help="methods, backbones, suites, codecs and profiles with their parameters")

@@ -208,7 +208,8 @@ def _check_kind_defaults(owner: str, params: Sequence[Param], spec: Any) -> dict
     out: dict[str, KindDefaults] = {}
     for kind, kd in spec.items():
         if kind not in BACKBONE_KINDS:
-            raise ValueError(f"{owner}: kind_defaults: unknown backbone kind {kind!r}; valid: {', '.join(BACKBONE_KINDS)}")
+            raise ValueError(f"{owner}: kind_defaults: unknown backbone kind {kind!r}; "
+                             f"valid: {', '.join(BACKBONE_KINDS)}")
         if not isinstance(kd, KindDefaults) or not kd.values or not str(kd.source).strip():
             raise ValueError(f"{owner}: kind_defaults[{kind!r}] must be KindDefaults(values, source) with values "
                              f"and a source (the paper table); got {kd!r}")

@@ -18,7 +18,7 @@ import math
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from benchmark.leaderboard.paper import (PaperRow, load_paper_results, match_paper_rows, method_infos, method_key,
                                          paper_key, paper_order, paper_table, paper_task_name, row_type)
