@@ -126,7 +126,7 @@ def render_markdown(
         " Individual), *static* merging (one set of weights) and *dynamic* merging (task-conditioned or routed).",
         "- Method: the registry name and every parameter that differs from its default on that backbone (a method"
         " may have per-backbone-kind defaults from the papers, see `python -m benchmark list`), so a run at a"
-        " setting that is not the default shows it. Several seeds of one configuration are one row with their"
+        " setting that is not the default shows it (\"predates k\": run before the method had parameter k). Several seeds of one configuration are one row with their"
         " mean (\"· N seeds\"), ± the standard error over seeds; no seed is picked. \"· best of N by val\": the"
         " setting selected on the val split from a grid of N (never on test).",
         "- Storage: measured bytes of the artifact file the method keeps besides the pretrained model,"
