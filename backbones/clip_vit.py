@@ -720,6 +720,7 @@ class ClipViT(PreparedBackbone):
     summary="CLIP ViT-B/32 image encoder (transformers), frozen zero-shot heads; tiny: in-house 32px ViT, patch 8",
     paper="Radford et al. 2021 (CLIP); fine-tuned checkpoints of Ilharco et al. 2023 / FusionBench (tanganke/*)",
     suites=("vision8",),
+    task_kind="classification",
     default_suite="vision8",
 )
 class ClipViTB32(ClipViT):
@@ -732,6 +733,7 @@ class ClipViTB32(ClipViT):
     summary="CLIP ViT-L/14 image encoder (transformers), frozen zero-shot heads; tiny: in-house 32px ViT, 6 x 160, patch 8",
     paper="Radford et al. 2021 (CLIP); fine-tuned checkpoints of Ilharco et al. 2023 / FusionBench (tanganke/*)",
     suites=("vision8",),
+    task_kind="classification",
     default_suite="vision8",
 )
 class ClipViTL14(ClipViT):

@@ -145,6 +145,7 @@ class ConvNeXtOps(ClipOps):
             "FusionBench classifiers; tiny: in-house 32px ConvNeXt (3 stages, patch 4) with prototype heads",
     paper="Liu et al. 2022 (ConvNeXt); fine-tuned checkpoints of FusionBench (tanganke/convnext-base-224_*)",
     suites=("vision8",),
+    task_kind="classification",
     default_suite="vision8",
 )
 class ConvNeXt(ClipViT):

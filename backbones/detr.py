@@ -504,6 +504,7 @@ def _version(stage: str = "all") -> str:
     "DETR with a 2-stage ResNet, 2+2 layers, 16 queries",
     paper="Carion et al. 2020 (DETR); auto-flexswitch.txt Sec. IV-A2 / Table VII (RF100, 7 domains)",
     suites=("rf100_7",),
+    task_kind="detection",
     default_suite="rf100_7",
 )
 class Detr(PreparedBackbone):

@@ -102,6 +102,7 @@ def build_mamba(config: dict[str, Any], vocab_size: int, pad_id: int) -> TextEnc
             "linear heads; tiny: in-house 4-layer Mamba (causal LM + contrastive pretraining), frozen linear-probe heads",
     paper="Gu & Dao 2023 (Mamba), state-spaces/mamba-130m-hf; auto-flexswitch.txt Table X",
     suites=("glue7",),
+    task_kind="nlu",
     default_suite="glue7",
 )
 class Mamba130M(TextBackbone):

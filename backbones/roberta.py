@@ -58,6 +58,7 @@ def build_roberta(config: dict[str, Any], vocab_size: int, pad_id: int, max_len:
             "RoBERTa (MLM + contrastive pretraining) with frozen linear-probe heads",
     paper="Liu et al. 2019 (RoBERTa); GLUE checkpoints of Yu et al. 2024 (DARE, vanillaOVO/roberta_base_glue_ckpts)",
     suites=("glue7",),
+    task_kind="nlu",
     default_suite="glue7",
 )
 class RobertaBase(TextBackbone):

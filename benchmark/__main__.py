@@ -1,4 +1,4 @@
-"""``python -m benchmark``: list, run, sweep, leaderboard, export, suite-card.
+"""``python -m benchmark``: list, run, sweep, select, leaderboard, export, suite-card.
 
 User mistakes (unknown names, bad parameters, missing files) print one line on stderr and exit 2, with no
 traceback.
@@ -54,12 +54,19 @@ def cmd_list(args: argparse.Namespace) -> int:
             if p.kind == "method":
                 extra = f" [{'reference' if getattr(p.obj, 'reference', False) else p.obj.kind}]"
             if p.kind == "backbone":
-                extra = f" [suites: {', '.join(p.meta.get('suites', ()))}; default {p.meta.get('default_suite')}]"
+                suites = ", ".join(p.meta.get("suites", ()))
+                extra = (f" [kind: {p.meta.get('task_kind', 'unstated')}; suites: {suites};"
+                         f" default {p.meta.get('default_suite')}]")
             print(f"  {p.name}{extra}: {p.summary}")
             if p.paper:
                 print(f"      paper: {p.paper}")
+            kinds = p.kind_defaults
             for prm in p.params:
-                print(f"      --set {prm.describe()}")
+                per_kind = [f"{k}: {kd.values[prm.name]!r}" for k, kd in kinds.items() if prm.name in kd.values]
+                print(f"      --set {prm.describe()}" + (f"  [default on {'; '.join(per_kind)}]" if per_kind else ""))
+            for k, kd in kinds.items():
+                vals = ", ".join(f"{n}={v!r}" for n, v in kd.values.items())
+                print(f"      defaults on {k} backbones: {vals} ({kd.source})")
         print()
 
     want = args.what
@@ -102,6 +109,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from benchmark.leaderboard import write_leaderboard
 
+    if args.grid:  # the protocol's grids must be complete and val-scored before a table claims a selection
+        from pathlib import Path
+
+        from benchmark.records import load_records
+        from benchmark.selection import select_grids
+        from benchmark.sweep import load_sweeps
+
+        if not Path(args.results_dir).is_dir():
+            raise UserError(f"--results-dir {args.results_dir!r} is not a directory; the leaderboard was left as it is")
+        sweep = load_sweeps(args.grid, results_dir=Path(args.results_dir).resolve())
+        select_grids(sweep, load_records(args.results_dir), ", ".join(args.grid))
     out = write_leaderboard(args.results_dir, args.output)
     print(f"leaderboard: {out}")
     return 0
@@ -139,6 +157,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return run_sweep(args)
 
 
+def cmd_select(args: argparse.Namespace) -> int:
+    from benchmark.selection import cmd_select as run_select
+
+    return run_select(args)
+
+
 def cmd_suite_card(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -167,7 +191,8 @@ def cmd_suite_card(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m benchmark", description="merge-bench: model merging, accuracy against storage")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="{list,run,sweep,leaderboard,export,suite-card}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser,
+                           metavar="{list,run,sweep,select,leaderboard,export,suite-card}")
     sub.required = True
 
     pl = sub.add_parser("list", help="methods, backbones, suites, codecs and profiles with their parameters")
@@ -211,9 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--no-progress", action="store_true", help="no progress bar")
     ps.set_defaults(func=cmd_sweep)
 
+    pq = sub.add_parser("select", help="each method's setting of a sweep's grids selected on val (never test)")
+    pq.add_argument("files", nargs="+", metavar="SWEEP.yaml", help="sweep files with grids (select_by: val)")
+    pq.add_argument("--results-dir", default="results")
+    pq.add_argument("--skip-unknown", action="store_true", help="skip names that are not registered")
+    pq.set_defaults(func=cmd_select)
+
     pb = sub.add_parser("leaderboard", help="regenerate leaderboard.md (and its plots) from the records")
     pb.add_argument("--results-dir", default="results")
     pb.add_argument("--output", default="leaderboard.md")
+    pb.add_argument("--grid", action="append", default=[], metavar="SWEEP.yaml",
+                    help="refuse (one line) unless every grid of this sweep file is run with val scores; repeatable")
     pb.set_defaults(func=cmd_leaderboard)
 
     pe = sub.add_parser("export", help="the records as one table (one row per run x split x task)")

@@ -398,6 +398,8 @@ class Suite(ABC):
 
     plugin_name: ClassVar[str] = ""
     modality: ClassVar[str] = "image"
+    #: the splits ``load`` serves; hyperparameter selection (``select_by: val``) needs ``val``
+    splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
 
     def __init__(self, profile: str, seed: int = 0, cache: Any = None, progress: bool = True):
         self.profile = profile

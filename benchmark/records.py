@@ -244,39 +244,49 @@ def find_by_config(results_dir: str | os.PathLike, h: str) -> Iterable[dict[str,
     return [r for r in load_records(results_dir) if r.get("config_hash") == h]
 
 
-#: the record's scalar keys that become columns of :func:`load`'s frame, in this order
+#: the record's scalar keys that become columns of :func:`load`'s frame, in this order (``val_average`` is missing
+#: where the run did not score the val split)
 FRAME_KEYS = ("run_id", "method", "method_kind", "backbone", "suite", "profile", "seed", "config_hash",
-              "storage_bytes", "peak_rss_bytes", "git_commit")
+              "storage_bytes", "peak_rss_bytes", "git_commit", "created", "average", "val_average")
 
 
 def load(results_dir: str | os.PathLike):
-    """The records under ``results_dir`` as a ``pandas.DataFrame``, one row per run x split x task.
+    """The records under ``results_dir`` as a ``pandas.DataFrame``, one row per run x split x task
+    (:func:`frame` of :func:`load_records`)."""
+    return frame(load_records(results_dir))
 
-    Columns: :data:`FRAME_KEYS`, then ``split`` (``test`` from ``metrics``; ``val`` from ``val_metrics`` where the
-    run scored it), ``task``, ``metric`` (the metric's name), ``score`` (percent), then every parameter as
-    ``param.<name>`` (nested values flattened with dots; a parameter a method lacks is missing; a column whose
-    values differ in type across methods, or hold lists, holds their JSON text). Rows are ordered by
-    run id, split and the record's task order.
+
+def frame(records: Iterable[dict[str, Any]]):
+    """Records as a ``pandas.DataFrame``, one row per run x split x task.
+
+    Columns: :data:`FRAME_KEYS` (run-level: each run's rows repeat them), then ``split`` (``test`` from ``metrics``;
+    ``val`` from ``val_metrics`` where the run scored it), ``task``, ``metric`` (the metric's name), ``score``
+    (percent), ``params`` (the resolved parameters as canonical JSON text: what identifies a setting exactly), then
+    every parameter as ``param.<name>`` (nested values flattened with dots; a parameter a method lacks is missing;
+    a column whose values differ in type across methods, or hold lists, holds their JSON text). Rows are ordered by
+    run id, split and the record's task order. The leaderboard (:mod:`benchmark.leaderboard`) is built from it.
     """
     import pandas as pd
 
     rows = []
-    for rec in load_records(results_dir):
+    for rec in sorted(records, key=lambda r: r["run_id"]):
         flat = pd.json_normalize(rec["params"], sep=".").to_dict("records")[0] if rec["params"] else {}
-        base = {k: rec[k] for k in FRAME_KEYS}
+        base = {k: rec.get(k) for k in FRAME_KEYS}
+        base["params"] = json.dumps(rec["params"], sort_keys=True)
         base.update({f"param.{k}": v for k, v in flat.items()})
         for split, key in (("test", "metrics"), ("val", "val_metrics")):
             for task, score in (rec.get(key) or {}).items():
                 rows.append({**base, "split": split, "task": task, "metric": rec["metric_names"].get(task),
                              "score": score})
-    cols = list(FRAME_KEYS) + ["split", "task", "metric", "score"]
-    frame = pd.DataFrame(rows)
-    if frame.empty:
+    cols = list(FRAME_KEYS) + ["split", "task", "metric", "score", "params"]
+    out = pd.DataFrame(rows)
+    if out.empty:
         return pd.DataFrame(columns=cols)
-    params = sorted(c for c in frame.columns if c.startswith("param."))
+    out["val_average"] = out["val_average"].astype(float)  # None (not scored) -> NaN: one float column
+    params = sorted(c for c in out.columns if c.startswith("param."))
     for c in params:  # a column must have one type (parquet): mixed or list values become their JSON text
-        kinds = {type(v) for v in frame[c].dropna()}
+        kinds = {type(v) for v in out[c].dropna()}
         if len(kinds) > 1 or kinds & {list, dict}:
-            frame[c] = frame[c].map(lambda v: v if v is None or (isinstance(v, float) and math.isnan(v))
-                                    else json.dumps(v, sort_keys=True))
-    return frame[cols + params].reset_index(drop=True)
+            out[c] = out[c].map(lambda v: v if v is None or (isinstance(v, float) and math.isnan(v))
+                                else json.dumps(v, sort_keys=True))
+    return out[cols + params].reset_index(drop=True)

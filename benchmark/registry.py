@@ -26,6 +26,21 @@ and ``order``, their place among the rows of their type (the papers' order; meth
 alphabetically)::
 
     @METHODS.register("ties", summary="...", paper="...", paper_rows=("Ties-Merging",), order=70)
+
+Per-backbone-kind defaults. A backbone declares the kind of tasks it solves (``task_kind``, one of
+:data:`BACKBONE_KINDS`). A method may declare, per kind, the setting a paper uses on that kind of backbone, as a
+whole and with its source (``kind_defaults``); these replace the plain defaults on backbones of that kind, and
+``--set`` overrides both::
+
+    @METHODS.register("flexswitch", ..., params=[...],
+                      kind_defaults={"detection": KindDefaults({"loss": "mse", "lam": 0.5},
+                                                               "auto-flexswitch.txt Table VII")})
+
+    @BACKBONES.register("detr_r50", ..., task_kind="detection")
+
+Both are checked at registration (a kind that does not exist, a parameter the method lacks, a value its
+:class:`Param` refuses, a kind default without a source). :meth:`Plugin.resolve` takes the backbone's kind; the
+runner passes it, so a record's ``params`` are the values the run used, whichever default they came from.
 """
 from __future__ import annotations
 
@@ -37,11 +52,13 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-__all__ = ["Param", "Plugin", "Registry", "RegistryError", "METHODS", "BACKBONES", "SUITES", "CODECS",
-           "METHOD_KINDS", "DEFAULT_ORDER"]
+__all__ = ["Param", "Plugin", "KindDefaults", "Registry", "RegistryError", "METHODS", "BACKBONES", "SUITES",
+           "CODECS", "METHOD_KINDS", "BACKBONE_KINDS", "DEFAULT_ORDER"]
 
 #: the merged-model kinds a method may declare (``Method.kind``)
 METHOD_KINDS = ("static", "task_conditioned", "routed")
+#: the kinds of task a backbone solves (``BACKBONES.register(..., task_kind=...)``), which per-kind defaults key on
+BACKBONE_KINDS = ("classification", "detection", "nlu")
 #: the display order of a method that declares none: after every declared one
 DEFAULT_ORDER = 10_000
 
@@ -123,6 +140,15 @@ class Param:
         return f"{self.name}: {self.type.__name__} = {self.default!r}{rng}  {self.help}".rstrip()
 
 
+@dataclass(frozen=True)
+class KindDefaults:
+    """A method's setting on one kind of backbone, as one reference gives it: ``values`` (parameter -> value)
+    replace the plain defaults together; ``source`` names the paper table (shown by ``list``)."""
+
+    values: Mapping[str, Any]
+    source: str
+
+
 @dataclass
 class Plugin:
     name: str
@@ -143,8 +169,23 @@ class Plugin:
         """The method's place among the rows of its type (declared at registration; :data:`DEFAULT_ORDER` else)."""
         return int(self.meta.get("order", DEFAULT_ORDER))
 
-    def resolve(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Defaults overlaid with ``overrides``; every value validated. Unknown keys are an error."""
+    @property
+    def kind_defaults(self) -> dict[str, KindDefaults]:
+        """Backbone kind -> the setting that replaces the plain defaults there (declared at registration)."""
+        return dict(self.meta.get("kind_defaults", {}))
+
+    def defaults(self, backbone_kind: str | None = None) -> dict[str, Any]:
+        """The default of every parameter, in declaration order, on a backbone of ``backbone_kind`` (None: the
+        plain defaults)."""
+        out = {p.name: p.default for p in self.params}
+        kd = self.kind_defaults.get(backbone_kind) if backbone_kind else None
+        if kd is not None:
+            out.update(kd.values)
+        return out
+
+    def resolve(self, overrides: Mapping[str, Any] | None = None, backbone_kind: str | None = None) -> dict[str, Any]:
+        """Defaults (those of ``backbone_kind`` where the plugin declares them) overlaid with ``overrides``; every
+        value validated. Unknown keys are an error."""
         overrides = dict(overrides or {})
         known = {p.name: p for p in self.params}
         unknown = sorted(set(overrides) - set(known))
@@ -152,10 +193,32 @@ class Plugin:
             valid = ", ".join(sorted(known)) or "(none)"
             raise RegistryError(f"{self.kind} '{self.name}' has no parameter {', '.join(map(repr, unknown))}; valid: {valid}")
         out = {}
+        defaults = self.defaults(backbone_kind)
         for p in self.params:
-            value = overrides.get(p.name, p.default)
+            value = overrides.get(p.name, defaults[p.name])
             out[p.name] = p.coerce(value, f"{self.kind} '{self.name}'")
         return out
+
+
+def _check_kind_defaults(owner: str, params: Sequence[Param], spec: Any) -> dict[str, KindDefaults]:
+    """Validate a plugin's ``kind_defaults`` at import: known kinds and parameters, valid values, a source."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{owner}: kind_defaults must map a backbone kind to KindDefaults, got {spec!r}")
+    known = {p.name: p for p in params}
+    out: dict[str, KindDefaults] = {}
+    for kind, kd in spec.items():
+        if kind not in BACKBONE_KINDS:
+            raise ValueError(f"{owner}: kind_defaults: unknown backbone kind {kind!r}; "
+                             f"valid: {', '.join(BACKBONE_KINDS)}")
+        if not isinstance(kd, KindDefaults) or not kd.values or not str(kd.source).strip():
+            raise ValueError(f"{owner}: kind_defaults[{kind!r}] must be KindDefaults(values, source) with values "
+                             f"and a source (the paper table); got {kd!r}")
+        bad = sorted(set(kd.values) - set(known))
+        if bad:
+            raise ValueError(f"{owner}: kind_defaults[{kind!r}] names unknown parameters {bad}")
+        values = {k: known[k].coerce(v, f"{owner}: kind_defaults[{kind!r}]") for k, v in kd.values.items()}
+        out[kind] = KindDefaults(values, kd.source)
+    return out
 
 
 class Registry:
@@ -189,6 +252,11 @@ class Registry:
             raise ValueError(f"{self.kind} '{name}': paper_rows must be a tuple of names, got {rows!r}")
         if "order" in meta and (isinstance(meta["order"], bool) or not isinstance(meta["order"], int)):
             raise ValueError(f"{self.kind} '{name}': order must be an int, got {meta['order']!r}")
+        if "task_kind" in meta and meta["task_kind"] not in BACKBONE_KINDS:
+            raise ValueError(f"{self.kind} '{name}': task_kind must be one of {', '.join(BACKBONE_KINDS)}, "
+                             f"got {meta['task_kind']!r}")
+        if "kind_defaults" in meta:
+            meta["kind_defaults"] = _check_kind_defaults(f"{self.kind} '{name}'", params, meta["kind_defaults"])
 
         def deco(obj: Any) -> Any:
             self._check(name, obj)

@@ -58,8 +58,10 @@ def resolve(spec: RunSpec) -> Resolved:
     if spec.profile not in PROFILES:
         raise UserError(f"unknown profile {spec.profile!r}; valid: {', '.join(PROFILES)}")
     method = METHODS.get(spec.method)
-    params = method.resolve(spec.overrides)
+    method.resolve(spec.overrides)  # a bad parameter is named before a bad backbone
     backbone = BACKBONES.get(spec.backbone)
+    # the method's defaults for this kind of backbone (the papers' per-backbone settings), then the overrides
+    params = method.resolve(spec.overrides, backbone_kind=backbone.meta.get("task_kind"))
     suites = tuple(backbone.meta.get("suites", ()))
     suite_name = spec.suite or backbone.meta.get("default_suite")
     if suite_name not in suites:

@@ -11,7 +11,10 @@ Sweep file
     backbones: all                 # "all" (every registered backbone), a name, or a list of names
     suites: null                   # null: each backbone's default suite; "all": every suite it declares; names
     select_by: val                 # optional; "val": every run also scores the val split (records val_metrics),
-                                   # so the leaderboard can pick each method's best setting by val, never by test
+                                   # so the leaderboard can pick each method's best setting by val, never by test;
+                                   # every suite of the sweep must serve a val split (``Suite.splits``)
+    grid_size: 6                   # optional: every method given a grid must expand to exactly this many
+                                   # settings (a fair protocol tunes every method on a grid of the same size)
     batch_size: 256                # optional, evaluation batch size
     plugins: [my_pkg.my_methods]   # optional: modules imported first (out-of-tree plugins without entry points)
     methods:                       # "all", a list, or a mapping name -> grid
@@ -74,7 +77,7 @@ __all__ = [
     "cmd_sweep",
 ]
 
-GROUP_KEYS = ("profile", "seeds", "backbones", "suites", "methods", "select_by", "batch_size")
+GROUP_KEYS = ("profile", "seeds", "backbones", "suites", "methods", "select_by", "batch_size", "grid_size")
 TOP_KEYS = ("description", "plugins", "groups") + GROUP_KEYS
 SELECT_BY = ("val",)  # never "test": selection by the test split is what the leaderboard must not do
 _SCALAR = (str, int, float, bool, type(None))
@@ -326,8 +329,15 @@ def expand(
                 unknown["backbone", b] = None
         backbones = list(dict.fromkeys(backbones))
 
+        size = cfg.get("grid_size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 2):
+            raise ctx.err(place("grid_size"), f"expects an integer >= 2 (the settings of every method's grid); "
+                                              f"got {size!r}")
         points: list[tuple[str, dict[str, Any]]] = []  # (method, overrides)
         for name, grids, mplace in _methods(cfg["methods"], place("methods"), ctx):
+            if size is not None and grids != [{}] and len(grids) != size:
+                raise ctx.err(mplace, f"a grid of {len(grids)} setting{'s' if len(grids) != 1 else ''}; grid_size "
+                                      f"asks every method's grid for {size}")
             if name == "all":
                 points += [(m, {}) for m in METHODS.names()]
             elif name in METHODS:
@@ -355,6 +365,14 @@ def expand(
                         suites.append(s)
                     else:
                         unknown["suite", s] = None
+            if sel is not None:
+                for s in dict.fromkeys(suites):
+                    sname = s or BACKBONES.get(b).meta.get("default_suite")
+                    if sname in SUITES:
+                        have = tuple(getattr(SUITES.get(sname).obj, "splits", ("train", "val", "test")))
+                        if sel not in have:
+                            raise ctx.err(place("select_by"), f"select_by {sel!r}: suite {sname!r} (backbone {b!r}) "
+                                                              f"has no {sel} split; it has {', '.join(have)}")
             for suite, (method, grid), seed in itertools.product(dict.fromkeys(suites), points, seeds):
                 spec = RunSpec(method=method, backbone=b, suite=suite, profile=profile, seed=seed,
                                overrides=dict(grid), results_dir=str(results_dir), batch_size=batch, progress=False,

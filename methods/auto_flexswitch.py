@@ -12,6 +12,10 @@ Source: ../shared/papers/auto-flexswitch.txt, Sec. III-C5 (Eq. 18-19) and Eq. 5,
 * Per-query features (detectors, ``[B, Q, e]``): each query is routed, and the image takes the task that most of
   its queries vote for (a one-hot row), so one weight build serves the whole image.
 
+Defaults: FlexSwitch's (:data:`methods.flexswitch.FLEX_KIND_DEFAULTS`: KL, lambda = 0.3 as Tables III/IV; MSE,
+lambda = 0.5 on detection backbones, Table VII), with E = 20, r = 32, lr 0.5, 100 epochs, C = 10 (Sec. III-C5 and
+IV-A).
+
 Choices the paper leaves open (documented, as no official code was available): L starts from the top-r principal
 directions of the centres (so training starts from Euclidean distance in the principal subspace; r is capped at
 e); an epoch is one full-batch step over the K*N exemplars; a sample with no same-task neighbour keeps a 1e-12
@@ -32,7 +36,7 @@ from benchmark.contract import Artifacts, Merged, Method, Pool, RoutedModel, Sta
 from benchmark.registry import METHODS, Param
 from benchmark.routing import exemplar_features, knn_route, knn_task_weights  # noqa: F401 (knn_task_weights: public)
 # Auto-FlexSwitch is defined on FlexSwitch: its task vectors are FlexSwitch's, learned and stored by its public API
-from methods.flexswitch import FLEX_PARAMS, heatmap, learn_switches, load_switches
+from methods.flexswitch import FLEX_KIND_DEFAULTS, FLEX_PARAMS, heatmap, learn_switches, load_switches
 
 ROUTINGS = ("learned_metric", "centres", "plain_knn")
 
@@ -144,6 +148,7 @@ class AutoFlexSwitchModel(RoutedModel):
         Param("neighbours", int, 10, "C, the neighbours of the KNN (Eq. 5)", lo=1),
         Param("routing", str, "learned_metric", "ablation: learned_metric, centres, plain_knn", choices=ROUTINGS),
     ],
+    kind_defaults=FLEX_KIND_DEFAULTS,
     paper_rows=("Auto-FlexSwitch+{loss}",),
     order=190,
 )

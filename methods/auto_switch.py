@@ -5,6 +5,9 @@ alpha = 0.7, 100 exemplars per task) and Sec. IV-B (Fig. 10: N in {100, 300, 500
 conference version ../shared/papers/t-switch.txt, Sec. 3.4 (Eq. 8) and supplementary Sec. 8.2 (N and C ablation).
 The switch maths (Eq. 2-4) and its open points are in :mod:`methods._switch`.
 
+Defaults: auto-flexswitch.txt Table II's ViT-B/32 setting as a whole (alpha = 0.7, 800 samples = N = 100 per task)
+with C = 10, the middle of Fig. 10's {5, 10, 20}.
+
 * Query sets: ``Q_k = {f_ex(x; theta) : x in E_k}``, f_ex of the *pretrained* model on ``n_exemplars`` unlabeled
   train-split exemplars per task (``pool.exemplars``, salt 0, the same draw as Auto-FlexSwitch's, so both see the
   same exemplars; :func:`benchmark.routing.exemplar_features`).

@@ -30,7 +30,10 @@ The price is time: torch's CPU generator draws ~9 ns per uniform, so at 88M para
 costs ~6.5 s on one core (DARE + task arithmetic ~7.5 s, DARE + TIES ~39 s with its three passes), against ~0.9 s
 for plain task arithmetic; caching the masks instead would cost one byte per entry and task.
 
-Defaults: ``drop_rate=0.5`` (T-Switch supp. Table 5), ``scaling_coef=0.3``, ``base="task_arithmetic"``. The
+Defaults: ``drop_rate=0.5``, ``scaling_coef=0.3``, ``base="task_arithmetic"``, one reference's setting as a whole:
+T-Switch supp. Table 5 (DARE's discard rate 0.5 on its Task-Arithmetic row's lambda 0.3). ``merge_func`` only acts
+with ``base="ties"``; it stays ``dis-mean`` so the committed records keep their config hashes, and with lambda = 0.3
+``--set base=ties --set merge_func=dis-sum`` is the coherent pair (see :mod:`methods.ties`). The
 auto-flexswitch paper grid-searched (Table II: p = 0.4 / lambda = 0.2 for ViT-B/32, 0.1 / 0.2 for ConvNeXt,
 0.6 / 0.4 for ViT-L/14; Table VI: 0.4 / 0.2 for DETR).
 

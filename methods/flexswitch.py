@@ -20,6 +20,8 @@ For each task k and each module l (= each mergeable tensor) FlexSwitch learns, j
   query rows instead would make the paper's lambda act as lambda/Q (1/100 at DETR-R50's 100 queries, 1/16 at the
   tiny detector's). Adam, lr 0.05 (LGS) and 0.1 (BAS),
   500 steps, batch 32; rho and omega start at 1.0 and are multiplied by 0.9 every 10 steps.
+* **Defaults** (:data:`FLEX_KIND_DEFAULTS`): KL, lambda = 0.3 (Tables III/IV, ViT-B/32 and ViT-L/14); on detection
+  backbones MSE, lambda = 0.5, Table VII's DETR-R50 setting. ``python -m benchmark list`` shows both.
 * **Finalize** (Eq. 15 and after Eq. 11): hard mask ``1(M > 0.5)``, ``b = W[argmax w]``,
   ``tau~ = softplus(kappa) * M_hard * Q(tau; b)``.
 
@@ -54,7 +56,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, TaskConditionedModel
-from benchmark.registry import METHODS, Param
+from benchmark.registry import METHODS, KindDefaults, Param
 from methods._switch import knob, p_spar_mask
 from methods.codecs._sparse import SparseCodes
 
@@ -457,6 +459,18 @@ FLEX_PARAMS = [
 ]
 
 
+#: FlexSwitch / Auto-FlexSwitch's defaults, each one table's setting as a whole. Plain defaults (every kind but
+#: detection): KL with lambda = 0.3, Auto-FlexSwitch+KL's setting on ViT-B/32 and ViT-L/14 (Tables III and IV)
+#: and inside Table I's KL grid; Adam, lrs, 500 steps, batch 32, N = 100 and the temperature schedule of Sec. IV-B
+#: (the Fig. 8 setting). Detection: MSE with lambda = 0.5, the one setting Table VII reports on DETR-R50
+#: ("Auto-FlexSwitch+MSE (lambda = 0.5)"; Table VI gives no other). NLU keeps the plain defaults: Tables IX
+#: (RoBERTa, KL lambda = 0.5) and X (Mamba, KL lambda = 5) disagree, so no one setting is "the NLU setting".
+FLEX_KIND_DEFAULTS = {
+    "detection": KindDefaults({"loss": "mse", "lam": 0.5},
+                              "auto-flexswitch.txt Table VII, DETR-R50: Auto-FlexSwitch+MSE (λ = 0.5)"),
+}
+
+
 def flex_config(params: Mapping[str, Any]) -> FlexConfig:
     names = set(FlexConfig.__dataclass_fields__)
     return FlexConfig(**{k: v for k, v in params.items() if k in names})
@@ -487,6 +501,7 @@ def load_switches(artifacts: Mapping[str, Any], tasks: Sequence[str]) -> tuple[d
     summary="Task-conditioned: learned per-module sparsity (LGS), bit-width (BAS), stored with SASS or entropy coding.",
     paper="Auto-FlexSwitch (auto-flexswitch.txt), Sec. III-C, Eq. 6-17",
     params=FLEX_PARAMS,
+    kind_defaults=FLEX_KIND_DEFAULTS,
     paper_rows=("FlexSwitch+{loss}",),
     order=180,
 )

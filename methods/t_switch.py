@@ -5,6 +5,10 @@ version ../shared/papers/t-switch.txt, Sec. 3.4 (Eq. 7), and its supplementary (
 0.1-0.9, 0.7 best on ViT-B/32). The maths, and every point where the official code differs from the paper, are in
 :mod:`methods._switch`.
 
+Defaults: ``alpha=0.7``, T-Switch supp. Table 6's optimal discard rate on ViT-B/32 (auto-flexswitch.txt Table II
+gives Auto-Switch the same 0.7 there), and the entropy codec (the project's smallest lossless switch format; the
+codec changes storage only, never accuracy).
+
 Per task k and module l: ``A`` keeps the top ``1 - alpha`` of the positive and of the negative entries of tau by
 magnitude (P-Spar, Eq. 2), ``P`` is the sign (Eq. 4), ``beta = ||tau ⊙ A||_2 / ||A ⊙ P||_2`` (Eq. 3), and with the
 task id given the model is ``theta_k = theta + beta A ⊙ P``.

@@ -49,7 +49,7 @@ def make_record(method="task_arithmetic", *, kind="static", seed=0, params=None,
     return rec
 
 
-def no_defaults(method):
+def no_defaults(method, backbone=None):
     return None
 
 
@@ -227,15 +227,15 @@ def test_storage_is_bytes_over_1e6():
 
 
 def test_seeds_are_averaged_never_the_best_picked():
-    recs = [make_record("m", seed=s, metrics={"t": v}, storage=b)
+    recs = [make_record("m", seed=s, params={"lam": 0.3}, metrics={"t": v}, storage=b)
             for s, v, b in [(0, 60.0, 1_000_000), (1, 70.0, 1_000_000), (2, 95.0, 1_000_000)]]
     recs.append(make_record("m", seed=0, params={"lam": 0.5}, metrics={"t": 10.0}))  # another configuration
-    (t,) = lb.build_tables(recs, paper=[], defaults=lambda m: {"lam": 0.3}, task_order=no_order)
+    (t,) = lb.build_tables(recs, paper=[], defaults=lambda m, b: {"lam": 0.3}, task_order=no_order)
     r = row(t, "m · 3 seeds")
     assert r.scores["t"] == pytest.approx(75.0) and r.average == pytest.approx(75.0)
     assert r.n_seeds == 3 and r.n_runs == 3
     assert row(t, "m (lam=0.5)").scores["t"] == 10.0
-    assert md_row(lb.render_table(t), "m · 3 seeds")[3] == "**75.00**"
+    assert md_row(lb.render_table(t), "m · 3 seeds")[3] == "**75.00** ± 10.41"  # s.e. over the 3 seeds
 
 
 def test_grid_rows_are_picked_by_val_never_by_test():
@@ -248,7 +248,7 @@ def test_grid_rows_are_picked_by_val_never_by_test():
     recs = [rec(0.1, 60.0, 50.0), rec(0.2, 70.0, 55.0), rec(0.2, 72.0, 57.0, seed=1), rec(0.5, 40.0, 90.0)]
     recs.append(make_record("m", params={"lam": 0.9}, metrics={"t": 20.0}))  # no val scores: always shown
     recs.append(rec(0.3, 10.0, 10.0) | {"method": "other", "run_id": "o"})  # a single setting: no selection
-    (t,) = lb.build_tables(recs, paper=[], defaults=lambda m: {"lam": 0.3}, task_order=no_order)
+    (t,) = lb.build_tables(recs, paper=[], defaults=lambda m, b: {"lam": 0.3}, task_order=no_order)
     labels = [r.label for r in t.rows]
     assert "m (lam=0.2) · 2 seeds · best of 3 by val" in labels
     assert not any("lam=0.1" in x or "lam=0.5" in x for x in labels)
@@ -258,11 +258,14 @@ def test_grid_rows_are_picked_by_val_never_by_test():
 
 def test_labels_show_non_default_params():
     defaults = {"lam": 0.3, "topk": 20.0, "loss": "kl", "flag": True, "n": None}
-    assert lb.method_label("ties", {"lam": 0.3, "topk": 20.0, "loss": "kl"}, defaults) == "ties"
-    assert lb.method_label("ties", {"topk": 10.0, "lam": 0.3000001, "flag": False, "n": 5}, defaults) == \
-        "ties (topk=10, flag=false, n=5)"  # declaration order; record rounding is not a difference
+    assert lb.method_label("ties", {"lam": 0.3, "topk": 20.0, "loss": "kl", "flag": True, "n": None},
+                           defaults) == "ties"
+    assert lb.method_label("ties", {"topk": 10.0, "lam": 0.3000001, "flag": False, "n": 5, "loss": "kl"},
+                           defaults) == "ties (topk=10, flag=false, n=5)"  # declaration order; rounding is no difference
     assert lb.method_label("m", {"b": 1, "a": "x"}, None) == "m (a=x, b=1)"  # unregistered: all, sorted
-    assert lb.method_label("m", {"extra": 2}, {"lam": 0.3}) == "m (extra=2)"
+    # a record from before the method declared a parameter is not at today's default: it says so
+    assert lb.method_label("ties", {"lam": 0.3, "topk": 20.0, "loss": "kl"}, defaults) == "ties (predates flag, n)"
+    assert lb.method_label("m", {"extra": 2}, {"lam": 0.3}) == "m (extra=2; predates lam)"
 
 
 def test_labels_use_the_registry_defaults():
@@ -355,10 +358,10 @@ def test_name_mappings_are_explicit_and_cover_the_csv():
         for n in names:
             if "{loss}" not in n and ours != "traditional_mtl":
                 assert n.lower() in csv_methods, (ours, n)
-    assert {p.method: lb._paper_key(p.method) for p in paper if lb._paper_key(p.method) is None} == {}
-    assert lb._paper_key("EMR-merging") == "emr" and lb._paper_key("Twin-merging") == "twin"
-    assert lb._paper_key("Auto-FlexSwitch+MSE (λ = 0.9)") == "auto_flexswitch"
-    assert lb._paper_key("Auto-Switch (CVPR)") == "auto_switch"
+    assert {p.method: lb.paper_key(p.method) for p in paper if lb.paper_key(p.method) is None} == {}
+    assert lb.paper_key("EMR-merging") == "emr" and lb.paper_key("Twin-merging") == "twin"
+    assert lb.paper_key("Auto-FlexSwitch+MSE (λ = 0.9)") == "auto_flexswitch"
+    assert lb.paper_key("Auto-Switch (CVPR)") == "auto_switch"
     # every registered method declares its paper rows at registration, and the leaderboard reads them from there
     from benchmark.registry import METHODS
 
@@ -383,3 +386,139 @@ def test_shipped_csv_is_the_reference():
     ref = REPO.parent / "shared" / "reference" / "paper_results.csv"
     if ref.exists():
         assert ref.read_bytes() == shipped.read_bytes()
+
+
+# ------------------------------------------------------------------------------------------------ seeds, s.e., marks
+
+
+def seeded_records() -> list[dict]:
+    """Three seeds x four tasks: "best" on top; "close" within the seed noise of it (differences of both signs);
+    "far" 8 points below on every pair; "one" with one seed only (no s.e., no test)."""
+    tasks = ["t1", "t2", "t3", "t4"]
+    base = {(s, t): 60.0 + 3 * s + 2 * i for s in range(3) for i, t in enumerate(tasks)}
+    jitter = [0.9, -1.1, 0.4, -0.3, 1.2, -0.8, -0.6, 0.7, 0.2, -1.0, 0.5, -0.4]
+    rows = {"best": lambda s, t, k: base[s, t] + 0.5,
+            "close": lambda s, t, k: base[s, t] + 0.5 + jitter[k],
+            "far": lambda s, t, k: base[s, t] - 8.0 + 0.05 * (k % 3)}
+    recs = []
+    for m, f in rows.items():
+        for s in range(3):
+            metrics = {t: f(s, t, 4 * s + i) for i, t in enumerate(tasks)}
+            recs.append(make_record(m, seed=s, metrics=metrics, profile="tiny"))
+    recs.append(make_record("one", seed=0, metrics={t: 99.0 for t in tasks}, profile="tiny"))
+    recs.append(make_record("pretrained", kind="reference", seed=0, metrics={t: 10.0 for t in tasks}, profile="tiny"))
+    return recs
+
+
+def test_several_seeds_show_mean_and_standard_error_over_seeds():
+    import statistics
+
+    recs = seeded_records()
+    (t,) = lb.build_tables(recs, paper=[], defaults=no_defaults, task_order=no_order)
+    far = row(t, "far · 3 seeds")
+    per_seed = [[r["metrics"]["t2"] for r in recs if r["method"] == "far" and r["seed"] == s][0] for s in range(3)]
+    assert far.se_scores["t2"] == pytest.approx(statistics.stdev(per_seed) / 3 ** 0.5)
+    avgs = [r["average"] for r in recs if r["method"] == "far"]
+    assert far.average == pytest.approx(statistics.mean(avgs))
+    assert far.se_average == pytest.approx(statistics.stdev(avgs) / 3 ** 0.5)
+    one = row(t, "one")
+    assert one.se_average is None and one.se_scores == {}  # one seed: no standard error
+    md = lb.render_table(t)
+    cells = md_row(md, "far · 3 seeds")
+    assert cells[4] == f"{far.scores['t2']:.2f} ± {far.se_scores['t2']:.2f}"
+    assert md_row(md, "one")[-1] == "**99.00**"  # a single seed shows no ±
+    assert "± is the standard error over seeds" in md
+
+
+def test_methods_not_distinguishable_from_the_best_are_marked_by_a_paired_test():
+    from scipy.stats import ttest_rel
+
+    recs = [r for r in seeded_records() if r["method"] != "one"]
+    (t,) = lb.build_tables(recs, paper=[], defaults=no_defaults, task_order=no_order)
+    best, close, far = (row(t, f"{m} · 3 seeds") for m in ("best", "close", "far"))
+    assert best.best_avg and not best.tied_best
+    assert close.tied_best and not far.tied_best
+    pairs = sorted(best.seed_scores)
+    assert len(pairs) == 12  # 3 seeds x 4 tasks
+    want = ttest_rel([close.seed_scores[k] for k in pairs], [best.seed_scores[k] for k in pairs]).pvalue
+    assert close.p_vs_best == pytest.approx(want) and want >= 0.05
+    assert ttest_rel([far.seed_scores[k] for k in pairs], [best.seed_scores[k] for k in pairs]).pvalue < 0.05
+    md = lb.render_table(t)
+    assert md_row(md, "close · 3 seeds")[-1].endswith(" †")
+    assert "†" not in md_row(md, "far · 3 seeds")[-1] and "†" not in md_row(md, "best · 3 seeds")[-1]
+    assert not row(t, "pretrained").tied_best  # reference rows are not ranked
+
+
+def test_single_seed_tables_get_no_marks_and_keep_their_markdown():
+    recs = [r for r in seeded_records() if r["seed"] == 0]
+    (t,) = lb.build_tables(recs, paper=[], defaults=no_defaults, task_order=no_order)
+    assert not any(r.tied_best or r.best_avg or r.se_average is not None for r in t.rows)
+    md = lb.render_table(t)
+    assert "±" not in md and "†" not in md
+
+
+def test_pareto_plots_get_error_bars_with_several_seeds():
+    recs = seeded_records()
+    (t,) = lb.build_tables(recs, paper=[], defaults=no_defaults, task_order=no_order)
+    with_bars = lb.render_plot(t)
+    assert with_bars == lb.render_plot(t)  # deterministic
+    for r in t.rows:
+        r.se_average = None
+    assert lb.render_plot(t) != with_bars
+
+
+def test_the_tables_are_built_from_the_records_frame(tmp_path):
+    from benchmark.records import load, load_records
+
+    for r in seeded_records():
+        write_record(r, tmp_path)
+    recs = load_records(tmp_path)  # as written (floats rounded to 6 decimals)
+    frame = load(tmp_path)
+    from_frame = lb.build_tables(frame, paper=[], defaults=no_defaults, task_order=no_order)
+    from_records = lb.build_tables(recs, paper=[], defaults=no_defaults, task_order=no_order)
+    assert lb.render_markdown(from_frame) == lb.render_markdown(from_records)
+
+
+def test_labels_are_relative_to_the_backbones_kind_defaults():
+    # DETR is a detection backbone: FlexSwitch's default there is MSE with lambda 0.5 (auto-flexswitch Table VII)
+    from benchmark.registry import METHODS
+
+    plain = METHODS.get("flexswitch").defaults()
+    assert lb.registry_defaults("flexswitch", "detr_r50") == {**plain, "loss": "mse", "lam": 0.5}
+    assert lb.registry_defaults("flexswitch", "clip_vit_b32") == plain
+    recs = [make_record("flexswitch", kind="task_conditioned", profile="tiny", backbone=b, suite=s,
+                        params={**plain, "loss": loss, "lam": lam}, metrics={"x": 1.0})
+            for b, s in (("detr_r50", "rf100_7"), ("clip_vit_b32", "vision8"))
+            for loss, lam in (("mse", 0.5), ("kl", 0.3), ("mse", 0.3))]
+    for i, r in enumerate(recs):
+        r["run_id"] += f"-{i}"
+    clip, detr = lb.build_tables(recs, paper=[], task_order=no_order)
+    assert [r.label for r in detr.rows] == ["flexswitch", "flexswitch (lam=0.3)", "flexswitch (loss=kl, lam=0.3)"]
+    assert [r.label for r in clip.rows] == ["flexswitch", "flexswitch (loss=mse)",
+                                            "flexswitch (loss=mse, lam=0.5)"]
+
+
+def test_the_committed_leaderboard_is_what_the_committed_records_give(tmp_path):
+    """leaderboard.md is generated: regenerating it from results/ (through the records' frame) changes nothing, and
+    no committed record passes as a default it did not run at."""
+    import json
+    import os
+    import shutil
+
+    from benchmark.records import load
+
+    out = tmp_path / "leaderboard.md"
+    lb.write_leaderboard(REPO / "results", out)
+    rel = Path(os.path.relpath(REPO / "results", tmp_path)).as_posix()  # how the file names the results dir
+    got = out.read_text().replace(f"`{rel}/`", "`results/`")
+    assert got == (REPO / "leaderboard.md").read_text()
+    for png in (REPO / "leaderboard").glob("*.png"):
+        assert (tmp_path / "leaderboard" / png.name).read_bytes() == png.read_bytes()
+    shutil.rmtree(tmp_path / "leaderboard")
+    # the frame is the JSON records, row for row
+    frame = load(REPO / "results")
+    recs = [json.loads(p.read_text()) for p in sorted((REPO / "results").glob("*.json"))]
+    assert len(frame) == sum(len(r["metrics"]) + len(r.get("val_metrics", {})) for r in recs)
+    test = frame[frame.split == "test"]
+    assert {(r["run_id"], t): v for r in recs for t, v in r["metrics"].items()} == \
+        dict(zip(zip(test.run_id, test.task), test.score))

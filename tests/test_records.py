@@ -138,7 +138,7 @@ def test_load_frame_matches_the_json_records(tmp_path):
     from benchmark.records import load, write_record
 
     write_record(make_record("b-m-tiny-s0-a1", params={"lam": 0.3, "mode": {"k": 2}, "flag": True},
-                             val_metrics={"t1": 40.0, "t2": 45.0}), tmp_path)
+                             val_metrics={"t1": 40.0, "t2": 45.0}, val_average=42.5), tmp_path)
     write_record(make_record("b-n-tiny-s1-b2", method="n", seed=1, params={"flag": "code"},
                              metrics={"t1": 10.0, "t2": 20.5}), tmp_path)
     (tmp_path / ".half.tmp.json").write_text("{")  # a temp file is not a record
@@ -150,6 +150,12 @@ def test_load_frame_matches_the_json_records(tmp_path):
             got = frame[(frame.run_id == rec["run_id"]) & (frame.split == split)]
             assert dict(zip(got.task, got.score)) == rec.get(key, {})
             assert set(got.seed) <= {rec["seed"]} and set(got.method) <= {rec["method"]}
+        runs = frame[frame.run_id == rec["run_id"]]
+        for key in ("created", "average", "storage_bytes", "config_hash", "git_commit", "profile", "suite"):
+            assert set(runs[key]) == {rec[key]}, key
+        assert all(json.loads(p) == rec["params"] for p in runs.params)
+        val = runs.val_average.iloc[0]
+        assert val == rec["val_average"] if "val_average" in rec else val != val  # NaN where not scored
     row = frame[frame.run_id == "b-m-tiny-s0-a1"].iloc[0]
     assert row["param.lam"] == 0.3 and row["param.mode.k"] == 2
     # flag is a bool in one run and a string in the other: one JSON-text column, so parquet can store it

@@ -116,3 +116,92 @@ def test_each_registry_refuses_a_plugin_outside_its_contract():
             reg.register("test_plain", summary="test")(plain)
         assert str(e.value) == f"{reg.kind} 'test_plain': Plain does not subclass {base}"
         assert "test_plain" not in reg
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-backbone-kind defaults (issue 18 item 1)
+
+
+def _kind_registry(kind_defaults) -> Registry:
+    from benchmark.registry import KindDefaults  # noqa: F401
+
+    reg = Registry("method", [], "merge_bench.test_nothing")
+
+    @reg.register("toy", summary="a toy", params=[Param("loss", str, "kl", choices=("kl", "mse")),
+                                                   Param("lam", float, 0.3, lo=0.0), Param("steps", int, 5)],
+                  kind_defaults=kind_defaults)
+    class Toy(Method):
+        def merge(self, pool):
+            return Artifacts()
+
+        def load(self, artifacts, pretrained, tasks):
+            return StaticModel(pretrained)
+
+    return reg
+
+
+def test_kind_defaults_replace_the_plain_defaults_as_a_whole_and_overrides_win():
+    from benchmark.registry import KindDefaults
+
+    p = _kind_registry({"detection": KindDefaults({"loss": "mse", "lam": "0.5"}, "Table VII")}).get("toy")
+    assert p.resolve() == {"loss": "kl", "lam": 0.3, "steps": 5}
+    assert p.resolve(backbone_kind="classification") == {"loss": "kl", "lam": 0.3, "steps": 5}
+    assert p.resolve(backbone_kind="detection") == {"loss": "mse", "lam": 0.5, "steps": 5}  # coerced at import
+    assert p.resolve({"lam": "0.1"}, backbone_kind="detection") == {"loss": "mse", "lam": 0.1, "steps": 5}
+    assert p.defaults("detection") == {"loss": "mse", "lam": 0.5, "steps": 5}
+    assert p.kind_defaults["detection"].source == "Table VII"
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ({"segmentation": ("loss", "mse")}, "unknown backbone kind 'segmentation'"),
+    ({"detection": {"loss": "mse"}}, "must be KindDefaults(values, source)"),
+    ("detection", "must map a backbone kind"),
+])
+def test_bad_kind_defaults_are_refused_at_registration(spec, fragment):
+    with pytest.raises(ValueError) as e:
+        _kind_registry(spec)
+    assert fragment in str(e.value)
+
+
+def test_kind_defaults_values_are_validated_and_need_a_source():
+    from benchmark.registry import KindDefaults
+
+    for kd, fragment in [(KindDefaults({"nope": 1}, "T"), "unknown parameters ['nope']"),
+                         (KindDefaults({"loss": "cka"}, "T"), "must be one of kl, mse"),
+                         (KindDefaults({"lam": 0.5}, " "), "and a source")]:
+        with pytest.raises(ValueError) as e:
+            _kind_registry({"detection": kd})
+        assert fragment in str(e.value)
+
+
+def test_backbones_declare_a_kind_and_the_runner_resolves_by_it():
+    from benchmark.registry import BACKBONE_KINDS, BACKBONES
+    from benchmark.runner import RunSpec, resolve
+
+    # every in-repo backbone declares its kind (test plugins registered by other tests may not)
+    kinds = {b.name: b.meta.get("task_kind") for b in BACKBONES.plugins() if b.obj.__module__.startswith("backbones.")}
+    assert set(kinds.values()) <= set(BACKBONE_KINDS) and len(kinds) == 6
+    assert kinds["detr_r50"] == "detection" and kinds["clip_vit_b32"] == "classification"
+    assert kinds["roberta_base"] == "nlu"
+    for m in ("flexswitch", "auto_flexswitch"):  # auto-flexswitch.txt Table VII: MSE, lambda = 0.5 on DETR
+        det = resolve(RunSpec(method=m, backbone="detr_r50")).params
+        assert (det["loss"], det["lam"]) == ("mse", 0.5)
+        cls = resolve(RunSpec(method=m, backbone="clip_vit_b32")).params
+        assert (cls["loss"], cls["lam"]) == ("kl", 0.3)
+        assert resolve(RunSpec(method=m, backbone="detr_r50", overrides={"loss": "kl"})).params["loss"] == "kl"
+
+
+def test_ties_defaults_to_a_reference_pair():
+    # AdaMerging's TIES row and fusion-bench: dis-sum with lambda = 0.3, k = 20
+    p = METHODS.get("ties").resolve()
+    assert (p["merge_func"], p["scaling_coef"], p["topk"]) == ("dis-sum", 0.3, 20.0)
+
+
+def test_list_shows_the_per_kind_defaults(capsys):
+    from benchmark.__main__ import main
+
+    assert main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    assert "defaults on detection backbones: loss='mse', lam=0.5 (auto-flexswitch.txt Table VII" in out
+    assert main(["list", "backbones"]) == 0
+    assert "detr_r50 [kind: detection;" in capsys.readouterr().out

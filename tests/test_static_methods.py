@@ -400,7 +400,7 @@ def test_defaults_are_declared():
     assert METHODS.get("weight_average").resolve({}) == {}
     assert METHODS.get("task_arithmetic").resolve({}) == {"scaling_coef": 0.3}
     assert METHODS.get("ties").resolve({}) == {"scaling_coef": 0.3, "topk": 20.0, "topk_scope": "global",
-                                               "merge_func": "dis-mean"}
+                                               "merge_func": "dis-sum"}  # AdaMerging / fusion-bench
     assert METHODS.get("dare").resolve({}) == {
         "drop_rate": 0.5, "rescale": True, "base": "task_arithmetic", "scaling_coef": 0.3, "topk": 20.0,
         "topk_scope": "global", "merge_func": "dis-mean"}

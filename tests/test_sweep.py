@@ -494,3 +494,135 @@ def test_a_sigkilled_parallel_sweep_leaves_no_worker_running(tmp_path):
         time.sleep(0.1)
     assert not alive, f"workers still running 5 s after the sweep was SIGKILLed: {sorted(alive)}"
     assert not list(res.glob("[!.]*.json"))  # and none of them wrote a record afterwards
+
+
+# ------------------------------------------------------------------------------------------------ val selection
+
+
+def test_grid_size_asks_every_grid_for_the_same_number_of_settings(tmp_path):
+    ok = expand(sweep_doc(grid_size=2, methods={M: {"lam": [0.2, 1.0]}, "pretrained": None}), source="s.yaml",
+                results_dir=tmp_path)
+    assert len(ok.runs) == 3
+    with pytest.raises(UserError) as e:
+        expand(sweep_doc(grid_size=3), source="s.yaml", results_dir=tmp_path)
+    assert str(e.value) == ("s.yaml: methods.fake_sweep_merge: a grid of 2 settings; grid_size asks every method's "
+                            "grid for 3")
+    with pytest.raises(UserError, match="grid_size: expects an integer >= 2"):
+        expand(sweep_doc(grid_size=1), source="s.yaml", results_dir=tmp_path)
+
+
+def test_select_by_on_a_split_the_suite_lacks_is_one_line(tmp_path, monkeypatch, capsys):
+    from benchmark.registry import SUITES
+
+    monkeypatch.setattr(SUITES.get("fake_sweep_suite").obj, "splits", ("train", "test"))
+    f = write(tmp_path / "s.yaml", sweep_doc(select_by="val"))
+    assert main(["sweep", str(f), "--results-dir", str(tmp_path / "r"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {f}: select_by: select_by 'val': suite 'fake_sweep_suite' (backbone "
+                   f"'fake_sweep_backbone') has no val split; it has train, test\n")
+
+
+def test_select_refuses_a_grid_without_val_scores_or_records(tmp_path, capsys):
+    res = tmp_path / "r"
+    f = write(tmp_path / "s.yaml", sweep_doc(seeds=[0, 1], select_by="val"))
+    assert main(["select", str(f), "--results-dir", str(tmp_path)]) == 2  # a dir with no records of the grid
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no records of fake_sweep_merge on fake_sweep_backbone/fake_sweep_suite" in err
+    assert main(["select", str(f), "--results-dir", str(tmp_path / "absent")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    # the grid run without val scores (no select_by): refused, one line
+    execute(expand(sweep_doc(seeds=[0, 1]), source="s", results_dir=res), SequentialExecutor(), res, progress=False)
+    assert main(["select", str(f), "--results-dir", str(res)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "4 of the 4 records of fake_sweep_merge" in err and "no val scores" in err
+    # half of it rerun with val: still refused (a selection never mixes), then all of it: a selection
+    execute(expand(sweep_doc(seeds=[0], select_by="val"), source="s", results_dir=res), SequentialExecutor(), res,
+            progress=False)
+    assert main(["select", str(f), "--results-dir", str(res)]) == 2
+    assert "2 of the 4 records" in capsys.readouterr().err
+    execute(expand(load_sweeps_doc(f), source="s", results_dir=res), SequentialExecutor(), res, progress=False)
+    assert main(["select", str(f), "--results-dir", str(res)]) == 0
+    out = capsys.readouterr().out
+    assert "fake_sweep_merge" in out and "of" in out.splitlines()[0]
+
+
+def load_sweeps_doc(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def test_changing_only_test_labels_never_changes_a_selection(tmp_path, monkeypatch):
+    """The grid run twice, the second time with every test label scrambled: test scores move, the selection (by
+    val) does not, in ``select`` and in the leaderboard alike."""
+    from benchmark.leaderboard import build_tables
+    from benchmark.selection import select_grids
+
+    doc = sweep_doc(seeds=[0, 1], select_by="val", methods={M: {"lam": [0.0, 0.1, 0.5, 1.0, 2.0]}})
+
+    def run(res: Path) -> tuple[list, list]:
+        sw = expand(doc, source="s", results_dir=res)
+        execute(sw, SequentialExecutor(), res, progress=False)
+        recs = load_records(res)
+        (table,) = build_tables(recs, paper=[])
+        (row,) = [r for r in table.rows if r.method == M]
+        return select_grids(sw, recs), [row.label, row.average, recs]
+
+    first, (label1, avg1, recs1) = run(tmp_path / "a")
+    prepare = _fake_plugins._FakeBackbone.prepare
+
+    def scrambled(self):
+        prepare(self)
+        g = torch.Generator().manual_seed(99)
+        for t in _fake_plugins.TASKS:
+            x, y = self.data[t, "test"]
+            self.data[t, "test"] = (x, torch.randint(0, _fake_plugins.CLASSES, y.shape, generator=g))
+
+    import torch
+
+    monkeypatch.setattr(_fake_plugins._FakeBackbone, "prepare", scrambled)
+    second, (label2, avg2, recs2) = run(tmp_path / "b")
+    assert [(s.method, s.overrides, s.val_average) for s in first] == [(s.method, s.overrides, s.val_average)
+                                                                        for s in second]
+    assert label1 == label2 and "best of 5 by val" in label1
+    assert [r["metrics"] for r in recs1] != [r["metrics"] for r in recs2]  # the test scores did change
+    assert [r["val_metrics"] for r in recs1] == [r["val_metrics"] for r in recs2]
+
+
+def test_the_record_stores_the_values_resolved_by_the_backbones_kind(tmp_path):
+    """A method's per-kind defaults reach the record (and its config hash) on a backbone of that kind only."""
+    from benchmark.registry import KindDefaults
+    from benchmark.runner import RunSpec, run
+
+    BACKBONES.register("fake_kind_detector", summary="sweep tests: a 'detection' backbone",
+                       suites=("fake_sweep_suite",), default_suite="fake_sweep_suite", task_kind="detection")(
+        type("FakeKindDetector", (_fake_plugins._FakeBackbone,), {}))
+    METHODS.register("fake_kind_merge", summary="sweep tests: lam 0.5, 1.5 on detection",
+                     params=METHODS.get(M).params,
+                     kind_defaults={"detection": KindDefaults({"lam": 1.5}, "a table")})(
+        type("FakeKindMerge", (_fake_plugins.FakeSweepMerge,), {}))
+    try:
+        det, _ = run(RunSpec(method="fake_kind_merge", backbone="fake_kind_detector", results_dir=str(tmp_path),
+                             progress=False))
+        plain, _ = run(RunSpec(method="fake_kind_merge", backbone=B1, results_dir=str(tmp_path), progress=False))
+        assert det["params"]["lam"] == 1.5 and plain["params"]["lam"] == 0.5
+        assert det["config_hash"] == config_hash("fake_kind_merge", det["params"], "fake_kind_detector",
+                                                 "fake_sweep_suite", "tiny", 0)
+        sw = expand(sweep_doc(backbones=["fake_kind_detector", B1], methods=["fake_kind_merge"]), source="s",
+                    results_dir=tmp_path)
+        assert finished(sw.runs, tmp_path) == {r.config_hash for r in sw.runs}  # the sweep resolves the same way
+    finally:
+        METHODS.unregister("fake_kind_merge")
+        BACKBONES.unregister("fake_kind_detector")
+
+
+def test_leaderboard_with_a_grid_refuses_a_results_dir_without_its_val_scores(tmp_path, capsys):
+    res = tmp_path / "r"
+    f = write(tmp_path / "s.yaml", sweep_doc(select_by="val"))
+    execute(expand(sweep_doc(), source="s", results_dir=res), SequentialExecutor(), res, progress=False)
+    out = tmp_path / "lb.md"
+    assert main(["leaderboard", "--results-dir", str(res), "--output", str(out), "--grid", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "have no val scores" in err and not out.exists()
+    execute(expand(sweep_doc(select_by="val"), source="s", results_dir=res), SequentialExecutor(), res,
+            progress=False)
+    assert main(["leaderboard", "--results-dir", str(res), "--output", str(out), "--grid", str(f)]) == 0
+    assert "· best of 2 by val" in out.read_text()
