@@ -21,6 +21,7 @@ from benchmark.registry import METHODS
 from methods import auto_flexswitch as afs
 from methods import flexswitch as fs
 
+from _toy_pool import ToyOps
 from test_flexswitch import read_back
 
 W = (1, 2, 4, 8)
@@ -30,27 +31,12 @@ W = (1, 2, 4, 8)
 # A two-layer toy pool: two modules with positive and negative entries of several magnitudes (no degenerate range)
 
 
-class TwoLayerOps:
-    def __init__(self, data):
-        self.data = data
-
-    def exemplars(self, task, n, seed):
-        g = torch.Generator().manual_seed(seed)
-        x = self.data[task]
-        return x[torch.randperm(x.shape[0], generator=g)[:n]]
-
-    def features(self, weights, inputs):
-        return inputs
+class TwoLayerOps(ToyOps):
+    """The toy pool's data access with a two-layer model: logits = relu(x A^T) B^T."""
 
     def logits(self, task, weights, inputs):
         w = self.pretrained if weights is None else weights
         return torch.relu(inputs @ w["a.weight"].T) @ w["b.weight"].T
-
-    def num_examples(self, inputs):
-        return inputs.shape[0]
-
-    def slice(self, inputs, index):
-        return inputs[index]
 
 
 def two_layer_pool(n_tasks=2, n=48, seed=0) -> Pool:
@@ -513,8 +499,6 @@ def overlapping_tasks(n, g, e=20, sep=1.0, nuisance=5.0):
 
 
 def test_learned_metric_separates_what_euclidean_knn_confuses():
-    from _toy_pool import ToyOps
-
     g = torch.Generator().manual_seed(0)
     train, test = overlapping_tasks(150, g), overlapping_tasks(200, g)
     pre = {"lin.weight": 0.1 * torch.randn(3, 20, generator=g), "lin.bias": torch.zeros(3)}
