@@ -312,8 +312,20 @@ class RayExecutor(Executor):
         if self.address:
             ray.init(address=self.address, **common)
         else:  # a local instance serves this machine only: loopback, no dashboard (nothing listens outside)
-            ray.init(num_cpus=self.num_cpus or os.cpu_count() or 1, include_dashboard=False,
-                     _node_ip_address=LOCAL_RAY_IP, object_store_memory=self.object_store_mb * 1024 * 1024, **common)
+            # ray.init turns a loopback _node_ip_address into the machine's outward IP
+            # (services.resolve_ip_for_localhost) unless ray_constants.ENABLE_RAY_CLUSTER is off, as it is on macOS
+            # and Windows; every Ray process binds loopback only when the node IP is 127.0.0.1 and all interfaces
+            # otherwise. The flag is read once at import (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER), so set it for this call
+            # only: after init the node IP comes from the running node, and a later ray.init(address=...) of a
+            # cluster in this process must still find its outward IP.
+            consts = ray._private.ray_constants
+            was, consts.ENABLE_RAY_CLUSTER = consts.ENABLE_RAY_CLUSTER, False
+            try:
+                ray.init(num_cpus=self.num_cpus or os.cpu_count() or 1, include_dashboard=False,
+                         _node_ip_address=LOCAL_RAY_IP, object_store_memory=self.object_store_mb * 1024 * 1024,
+                         **common)
+            finally:
+                consts.ENABLE_RAY_CLUSTER = was
         self._owns = True
 
     def run(self, runs: Sequence[SweepRun]) -> Iterator[Outcome]:

@@ -407,15 +407,37 @@ def test_a_record_of_the_wrong_types_is_skipped_with_one_warning_naming_it(tmp_p
         write_record(make_record("b-m-tiny-s1-def", **over), tmp_path / "w")  # and never written
 
 
-def test_a_local_ray_instance_binds_loopback_only(monkeypatch):
+def test_a_local_ray_instance_binds_loopback_only():
     ray = pytest.importorskip("ray")
+    psutil = pytest.importorskip("psutil")
+    import ipaddress
+
     from benchmark.executors import RayExecutor
 
-    seen = {}
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
-    RayExecutor()._start(ray)
-    assert seen["_node_ip_address"] == "127.0.0.1" and seen["include_dashboard"] is False
+    if ray.is_initialized():
+        pytest.skip("a Ray instance this test did not start is running")
+    RayExecutor(num_cpus=1)._start(ray)
+    try:
+        # a task with a runtime_env, as the sweep sends, so a worker and the runtime-env agent are up and listening
+        env = {"runtime_env": {"env_vars": {"MERGE_BENCH_PROBE": "1"}}}
+        assert ray.get(ray.remote(lambda: os.getpid()).options(**env).remote()) > 0
+        time.sleep(1)  # the agents' later ports
+        listening = {}
+        for p in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+            try:
+                for c in p.net_connections(kind="inet"):
+                    if c.status == psutil.CONN_LISTEN:
+                        listening[f"{c.laddr.ip} {c.laddr.port}"] = p.name()
+            except psutil.Error:  # a worker that exited meanwhile
+                pass
+        ips = {a: ipaddress.ip_address(a.split()[0]) for a in listening}
+        ips = {a: getattr(ip, "ipv4_mapped", None) or ip for a, ip in ips.items()}  # ::ffff:127.0.0.1 is loopback too
+        outside = {a: name for a, name in listening.items() if not ips[a].is_loopback}
+        assert not outside, outside
+        assert {"gcs_server", "raylet"} <= set(listening.values()), listening  # the check saw Ray's own servers
+        assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    finally:
+        ray.shutdown()
 
 
 #: the same through the real entry point, in fresh interpreters, run side by side
