@@ -247,7 +247,15 @@ def find_by_config(results_dir: str | os.PathLike, h: str) -> Iterable[dict[str,
 #: the record's scalar keys that become columns of :func:`load`'s frame, in this order (``val_average`` is missing
 #: where the run did not score the val split)
 FRAME_KEYS = ("run_id", "method", "method_kind", "backbone", "suite", "profile", "seed", "config_hash",
-              "storage_bytes", "peak_rss_bytes", "git_commit", "created", "average", "val_average")
+              "storage_bytes", "peak_rss_bytes", "git_commit", "created", "average", "val_average", "build")
+
+
+def build_id(checkpoints: dict[str, str] | None) -> str:
+    """A short fingerprint of a run's checkpoint set (name -> sha256): runs that share it merged the same
+    pretrained and fine-tuned weights and may be compared; "" when the record names no checkpoints."""
+    if not checkpoints:
+        return ""
+    return hashlib.sha256(json.dumps(checkpoints, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def load(results_dir: str | os.PathLike):
@@ -259,7 +267,8 @@ def load(results_dir: str | os.PathLike):
 def frame(records: Iterable[dict[str, Any]]):
     """Records as a ``pandas.DataFrame``, one row per run x split x task.
 
-    Columns: :data:`FRAME_KEYS` (run-level: each run's rows repeat them), then ``split`` (``test`` from ``metrics``;
+    Columns: :data:`FRAME_KEYS` (run-level: each run's rows repeat them; ``build`` is :func:`build_id` of the
+    run's checkpoints), then ``split`` (``test`` from ``metrics``;
     ``val`` from ``val_metrics`` where the run scored it), ``task``, ``metric`` (the metric's name), ``score``
     (percent), ``params`` (the resolved parameters as canonical JSON text: what identifies a setting exactly), then
     every parameter as ``param.<name>`` (nested values flattened with dots; a parameter a method lacks is missing;
@@ -272,6 +281,7 @@ def frame(records: Iterable[dict[str, Any]]):
     for rec in sorted(records, key=lambda r: r["run_id"]):
         flat = pd.json_normalize(rec["params"], sep=".").to_dict("records")[0] if rec["params"] else {}
         base = {k: rec.get(k) for k in FRAME_KEYS}
+        base["build"] = build_id(rec.get("checkpoints"))
         base["params"] = json.dumps(rec["params"], sort_keys=True)
         base.update({f"param.{k}": v for k, v in flat.items()})
         for split, key in (("test", "metrics"), ("val", "val_metrics")):

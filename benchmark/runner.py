@@ -92,7 +92,22 @@ def library_versions() -> dict[str, str]:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:
             out[dist] = "absent"
+    # a tiny build's bits depend on the CPU's kernels too (two machines built different checkpoints from the same
+    # code and libraries), so a record says where it ran
+    out["cpu"] = f"{cpu_model()} / {torch.backends.cpu.get_cpu_capability()}"
     return out
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def reset_peak_rss() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from benchmark import leaderboard as lb
 from benchmark.__main__ import main
-from benchmark.records import validate, write_record
+from benchmark.records import frame, validate, write_record
 
 REPO = Path(__file__).resolve().parent.parent
 VISION8 = ["sun397", "stanford-cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd"]
@@ -522,3 +522,25 @@ def test_the_committed_leaderboard_is_what_the_committed_records_give(tmp_path):
     test = frame[frame.split == "test"]
     assert {(r["run_id"], t): v for r in recs for t, v in r["metrics"].items()} == \
         dict(zip(zip(test.run_id, test.task), test.score))
+
+
+def test_runs_on_another_build_of_the_checkpoints_are_never_compared():
+    """Per seed, a table keeps the checkpoint build most runs share and names the others; seeds build their own."""
+    a, b = {"pretrained": "1" * 64}, {"pretrained": "2" * 64}
+    recs = []
+    for method, ckpt, seed, v in [("m1", a, 0, 60.0), ("m2", a, 0, 61.0), ("m3", b, 0, 99.0),
+                                  ("m1", b, 1, 62.0), ("m2", b, 1, 65.0)]:
+        r = make_record(method, seed=seed, metrics={"t": v}, created=f"2026-11-2{seed}T10:00:00+00:00")
+        r["checkpoints"] = ckpt
+        recs.append(r)
+    (t,) = lb.build_tables(recs, paper=[], defaults=no_defaults, task_order=no_order)
+    labels = {r.label for r in t.rows if r.origin == "ours"}
+    assert not any(lab.startswith("m3") for lab in labels)  # the 99 from another build never enters the table
+    assert row(t, "m1 · 2 seeds").scores["t"] == pytest.approx(61.0)  # seed 1's own build counts
+    assert any("Not compared: 1 run" in n and recs[2]["run_id"] in n for n in t.notes)
+    # a tie goes to the build with the newest run
+    tie = [make_record("m1", metrics={"t": 1.0}, created="2026-11-20T10:00:00+00:00"),
+           make_record("m2", metrics={"t": 2.0}, created="2026-11-21T10:00:00+00:00")]
+    tie[0]["checkpoints"], tie[1]["checkpoints"] = a, b
+    _, left_out = lb.one_build_per_seed(frame(tie))
+    assert left_out == [tie[0]["run_id"]]

@@ -118,9 +118,12 @@ def render_markdown(
         ]
         return "\n".join(out)
     newest = max(t.newest for t in tables)
+    n_left = sum(len(t.left_out) for t in tables)
+    left = (f" {n_left} more are on another build of their seed's checkpoints and are named under their table, not"
+            " compared." if n_left else "")
     out += [
         f"Generated from the {n_runs} run records in `{results_dir}/` by `python -m benchmark leaderboard`; do not"
-        f" edit by hand. Newest record: {newest[:10]}.",
+        f" edit by hand. Newest record: {newest[:10]}.{left}",
         "",
         "- One table per (profile, backbone, suite). Type: *reference* rows (Pretrained, Traditional MTL,"
         " Individual), *static* merging (one set of weights) and *dynamic* merging (task-conditioned or routed).",

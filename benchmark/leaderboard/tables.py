@@ -10,6 +10,10 @@ distinguishable from the best AVG at the 95% level (paired over seeds x tasks) a
 Labels (:func:`method_label`) name every parameter that differs from the method's default *on that backbone*
 (:meth:`benchmark.registry.Plugin.defaults` with the backbone's ``task_kind``), so a record run at a setting that
 is no longer the default shows that setting, never as the default.
+
+One build per seed (:func:`one_build_per_seed`): runs are compared only when they merged the same checkpoints. The
+tiny profile builds its checkpoints on the machine that runs it, and two machines can build different bits
+(README, "Profiles"), so a table keeps, per seed, the build most of its runs share and names the runs it leaves out.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from benchmark.leaderboard.stats import MIN_SEEDS, not_distinguishable, standard
 from benchmark.selection import select_by_val
 
 __all__ = ["TYPE_RANK", "PROFILE_RANK", "Row", "Table", "registry_defaults", "registry_task_order", "method_label",
-           "build_tables", "mark_best"]
+           "build_tables", "mark_best", "one_build_per_seed"]
 
 TYPE_RANK = {"reference": 0, "static": 1, "dynamic": 2}
 PROFILE_RANK = {"paper": 0, "tiny": 1}
@@ -69,6 +73,7 @@ class Table:
     newest: str  # newest record's ``created``
     sources: list[str] = field(default_factory=list)  # paper tables, footnote n = index + 1
     notes: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # run ids on another checkpoint build (one_build_per_seed)
 
     @property
     def slug(self) -> str:
@@ -191,8 +196,33 @@ def build_tables(
     tables = []
     for key in keys:
         sel = fr[(fr.profile == key[0]) & (fr.backbone == key[1]) & (fr.suite == key[2])]
-        tables.append(_build_table(*key, sel, paper, defaults, task_order))
+        sel, left_out = one_build_per_seed(sel)
+        table = _build_table(*key, sel, paper, defaults, task_order)
+        table.left_out = left_out
+        if left_out:
+            table.notes.append(f"Not compared: {len(left_out)} run{'s' if len(left_out) > 1 else ''} on another "
+                               f"build of this seed's checkpoints ({', '.join(left_out)}); rerun on this build to "
+                               f"compare.")
+        tables.append(table)
     return tables
+
+
+def one_build_per_seed(fr) -> tuple[Any, list[str]]:
+    """``fr`` (one table's frame) with, per seed, only the runs on the checkpoint build most of that seed's runs
+    share (a tie goes to the build with the newest run), and the run ids left out.
+
+    Scores from different builds differ by the build's spread, not by the method, so one table never mixes them.
+    Records without checkpoints (``build`` "") form their own build."""
+    if "build" not in fr.columns or fr.empty:
+        return fr, []
+    runs = fr.drop_duplicates("run_id")
+    keep: set[str] = set()
+    for _, g in runs.groupby("seed", sort=False):
+        stats = g.groupby("build").agg(n=("run_id", "size"), newest=("created", "max"))
+        best = stats.sort_values(["n", "newest"], ascending=False, kind="stable").index[0]
+        keep.update(g.loc[g["build"] == best, "run_id"])
+    left_out = sorted(set(runs["run_id"]) - keep)
+    return fr[fr["run_id"].isin(keep)], left_out
 
 
 def _runs(fr) -> list[dict[str, Any]]:
