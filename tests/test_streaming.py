@@ -40,3 +40,29 @@ def test_fused_ties_negative_majority():
     out = ties_merge(pre, tvs, 100.0, "dis-sum", 1.0, "global")
     for k in pre:
         assert torch.equal(out[k], ref[k])
+
+
+def test_lazy_state_round_trip(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from benchmark.lazy_state import LazyState, save_streaming
+    sd = {"a": torch.randn(3, 4), "b": torch.arange(5), "c": torch.randn(2).half(), "e": torch.zeros(0)}
+    save_file(sd, tmp_path / "x.safetensors")
+    lazy = LazyState(tmp_path / "x.safetensors")
+    assert list(lazy) == list(load_file(tmp_path / "x.safetensors"))
+    assert all(torch.equal(lazy[k], sd[k]) for k in sd)
+    save_streaming(lazy, tmp_path / "y.safetensors")
+    back = load_file(tmp_path / "y.safetensors")
+    assert all(torch.equal(back[k], sd[k]) for k in sd)
+
+
+def test_pool_materialise_keeps_values(tmp_path):
+    from safetensors.torch import save_file
+
+    from benchmark.contract import Pool
+    from benchmark.lazy_state import LazyState
+    ft = {"w": torch.randn(4, 4)}
+    save_file(ft, tmp_path / "t.safetensors")
+    pool = Pool(tasks=["t"], pretrained={"w": torch.zeros(4, 4)}, finetuned={"t": LazyState(tmp_path / "t.safetensors")})
+    pool.materialise()
+    assert isinstance(pool.finetuned["t"], dict) and torch.equal(pool.finetuned["t"]["w"], ft["w"])
