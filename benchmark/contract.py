@@ -203,6 +203,13 @@ class Pool:
     seed: int = 0
     progress: bool = True  # whether long method work (training loops) may show progress bars (`run --no-progress`)
 
+    def materialise(self) -> None:
+        """Read every fine-tuned model whole into RAM (in place). The runner calls it only for methods that declare
+        ``whole_models = True`` (those that run forwards of the fine-tuned models: Fisher, RegMean, FlexSwitch,
+        Individual, ...); every other method streams the fine-tuned tensors one at a time from disk."""
+        self.finetuned = {t: (sd if isinstance(sd, dict) else {k: sd[k] for k in sd})
+                          for t, sd in self.finetuned.items()}
+
     # -- task vectors ------------------------------------------------------------------------------------------
 
     def task_vector(self, task: str) -> TaskVectorView:
@@ -349,6 +356,9 @@ class Method(ABC):
 
     kind: ClassVar[str] = "static"
     reference: ClassVar[bool] = False
+    #: set by methods that need every fine-tuned model whole in RAM (they run its forward); the runner then
+    #: materialises the pool for them, every other method streams the fine-tuned tensors from disk
+    whole_models: ClassVar[bool] = False
     plugin_name: ClassVar[str] = ""
 
     def __init__(self, **params: Any):

@@ -153,6 +153,7 @@ class AutoFlexSwitchModel(RoutedModel):
     order=190,
 )
 class AutoFlexSwitch(Method):
+    whole_models = True  # runs forwards of the fine-tuned models
     kind = "routed"
 
     def merge(self, pool: Pool) -> Artifacts:

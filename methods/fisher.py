@@ -179,6 +179,7 @@ def fisher_merge(
     order=80,
 )
 class FisherMerging(Method):
+    whole_models = True  # runs forwards of the fine-tuned models
     kind = "static"
 
     def merge(self, pool: Pool) -> Artifacts:

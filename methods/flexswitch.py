@@ -506,6 +506,7 @@ def load_switches(artifacts: Mapping[str, Any], tasks: Sequence[str]) -> tuple[d
     order=180,
 )
 class FlexSwitch(Method):
+    whole_models = True  # runs forwards of the fine-tuned models
     kind = "task_conditioned"
 
     def merge(self, pool: Pool) -> Artifacts:

@@ -22,6 +22,7 @@ class _PerTask(TaskConditionedModel):
 @METHODS.register("individual", summary="Reference row: each task evaluated with its own fine-tuned model.",
                   paper_rows=("Individual",), order=30)
 class Individual(Method):
+    whole_models = True  # runs forwards of the fine-tuned models
     kind = "task_conditioned"
     reference = True
 

@@ -148,6 +148,7 @@ def regmean_merge(
     order=100,
 )
 class RegMean(Method):
+    whole_models = True  # runs forwards of the fine-tuned models
     kind = "static"
 
     def merge(self, pool: Pool) -> Artifacts:

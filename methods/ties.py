@@ -214,8 +214,61 @@ def ties_merge(
     vectors = as_vector_list(task_vectors)
     if not vectors:
         return {k: v.clone() for k, v in pretrained.items()}
-    tau = ties_merged_vector(vectors, topk, merge_func, scope, keys=list(pretrained))
-    return {k: pretrained[k] + scaling_coef * tau[k] for k in pretrained}
+    return fused_ties_merge(pretrained, vectors, topk, merge_func, scaling_coef, scope)
+
+
+def fused_ties_merge(
+    pretrained: Mapping[str, Tensor],
+    vectors: Sequence[Mapping[str, Tensor]],
+    topk: float = 20.0,
+    merge_func: str = "dis-mean",
+    scaling_coef: float = 0.3,
+    scope: str = "global",
+) -> StateDict:
+    """``theta + scaling_coef * tau_m`` (TIES steps 2-4) with sign election and disjoint merge fused into **one**
+    pass per tensor, ``torch.equal`` to ``pretrained + scaling_coef * ties_merged_vector(...)``.
+
+    Why: the three-pass form reads (and, for lazy task vectors, recomputes ``theta_t - theta``) every task vector
+    three times. Here each trimmed ``tau_t[k]`` is computed once, kept for the one tensor ``k`` (n_tasks tensors
+    of one parameter's size), summed for ``gamma = sgn(sum_t trimmed_t)`` and merged right away. The one step
+    that needs the whole vector is the zero-sign resolution (entries with ``sum_t trimmed_t = 0`` take the
+    whole-vector majority sign, known only after the last tensor): for those few entries (exact cancellations and
+    all-trimmed entries) we keep both candidate merged values (majority +1 and -1), gathered by index, and patch
+    the chosen one in at the end. Every operation is elementwise, in the same order as the unfused form, so the
+    result is bit-identical."""
+    how = _merge_func(merge_func)
+    keys = list(pretrained)
+    thresholds = trim_thresholds(vectors, keys, topk, scope)  # pass 1: one read of every task vector
+    merged: StateDict = {}
+    pending: list[tuple[str, Tensor, Tensor, Tensor]] = []  # key, flat zero-sign indices, candidates for +1 / -1
+    total = 0
+    for k in keys:
+        trimmed = [trim(tv[k], thr[k]) for tv, thr in zip(vectors, thresholds)]
+        acc = trimmed[0].clone()
+        for t in trimmed[1:]:
+            acc.add_(t)
+        sg = torch.sign(acc).to(torch.int8)
+        del acc
+        total += int(sg.sum(dtype=torch.int64))
+        tau = disjoint_merge(trimmed, sg, merge_func)
+        base = pretrained[k]
+        merged[k] = base + scaling_coef * tau
+        del tau
+        idx = (sg.reshape(-1) == 0).nonzero().reshape(-1)
+        if idx.numel():
+            flat = [t.reshape(-1)[idx] for t in trimmed]
+            cands = []
+            for s in (1, -1):
+                ones = torch.full((idx.numel(),), s, dtype=torch.int8)
+                cands.append(base.reshape(-1)[idx] + scaling_coef * disjoint_merge(flat, ones, merge_func))
+            pending.append((k, idx, cands[0], cands[1]))
+        del trimmed, sg
+    majority = (total > 0) - (total < 0)
+    if majority:  # with majority 0 the zero-sign entries agree with nothing: tau_m = 0 there, as merged already has
+        for k, idx, pos, neg in pending:
+            merged[k].view(-1)[idx] = pos if majority > 0 else neg
+    assert how in ("mean", "sum", "max")
+    return merged
 
 
 def ties_select(

@@ -203,6 +203,7 @@ class TwinModel(RoutedModel):
     order=140,
 )
 class TwinMerging(Method):
+    whole_models = True  # runs forwards of the fine-tuned models
     kind = "routed"
 
     def merge(self, pool: Pool) -> Artifacts:

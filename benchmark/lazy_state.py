@@ -1,0 +1,90 @@
+"""A state dict that stays on disk: :class:`LazyState` reads one tensor of a safetensors file per access.
+
+Why positional reads (``os.pread`` into a freshly allocated tensor) rather than ``mmap``: the pages of a
+memory-mapped file count in the process's RSS once touched and stay resident until the kernel needs them, so a
+merge that walks 8 mapped models tensor by tensor ends with all 8 resident. A tensor read with ``pread`` is an
+ordinary allocation, freed as soon as the merge drops it; the pool then holds one tensor per task at a time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import torch
+from torch import Tensor
+
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+class LazyState(Mapping[str, Tensor]):
+    """``key -> tensor`` over a safetensors file; each ``[key]`` reads that tensor's bytes (nothing is cached)."""
+
+    def __init__(self, path: str | os.PathLike, keys: list[str] | None = None):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        self._base = 8 + n
+        self._meta = {k: header[k] for k in (keys if keys is not None else header)}
+
+    def __getitem__(self, key: str) -> Tensor:
+        m = self._meta[key]
+        start, end = m["data_offsets"]
+        out = torch.empty(m["shape"], dtype=_DTYPES[m["dtype"]])
+        buf = memoryview(out.view(-1).view(torch.uint8).numpy()) if out.numel() else memoryview(b"")
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            got = 0
+            while got < end - start:  # pread may return fewer bytes than asked
+                k = os.preadv(fd, [buf[got:]], self._base + start + got)
+                if k <= 0:
+                    raise OSError(f"{self.path}: short read of {key!r}")
+                got += k
+        finally:
+            os.close(fd)
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._meta)
+
+    def __len__(self) -> int:
+        return len(self._meta)
+
+    def numel(self, key: str) -> int:
+        n = 1
+        for d in self._meta[key]["shape"]:
+            n *= d
+        return n
+
+
+def save_streaming(state: Mapping[str, Tensor], path: str | os.PathLike) -> None:
+    """Write ``state`` as a safetensors file one tensor at a time (a :class:`LazyState` source is never held
+    whole). Keys in ``state``'s order; the layout is the safetensors format (8-byte header length, JSON, data)."""
+    header, off = {}, 0
+    for k in state:
+        t = state[k] if not isinstance(state, LazyState) else None
+        if isinstance(state, LazyState):
+            m = state._meta[k]
+            shape, dt, nbytes = m["shape"], m["dtype"], m["data_offsets"][1] - m["data_offsets"][0]
+        else:
+            shape, dt, nbytes = list(t.shape), _NAMES[t.dtype], t.numel() * t.element_size()
+        header[k] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + nbytes]}
+        off += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-aligned, as safetensors writes it
+    tmp = Path(f"{path}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for k in state:
+            t = state[k].contiguous()
+            f.write(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            del t
+    os.replace(tmp, path)
