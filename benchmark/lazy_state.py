@@ -68,12 +68,13 @@ def save_streaming(state: Mapping[str, Tensor], path: str | os.PathLike) -> None
     """Write ``state`` as a safetensors file one tensor at a time (a :class:`LazyState` source is never held
     whole). Keys in ``state``'s order; the layout is the safetensors format (8-byte header length, JSON, data)."""
     header, off = {}, 0
+    lazy = isinstance(state, LazyState)  # its header gives shapes and sizes without reading a tensor
     for k in state:
-        t = state[k] if not isinstance(state, LazyState) else None
-        if isinstance(state, LazyState):
+        if lazy:
             m = state._meta[k]
             shape, dt, nbytes = m["shape"], m["dtype"], m["data_offsets"][1] - m["data_offsets"][0]
         else:
+            t = state[k]
             shape, dt, nbytes = list(t.shape), _NAMES[t.dtype], t.numel() * t.element_size()
         header[k] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + nbytes]}
         off += nbytes

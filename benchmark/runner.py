@@ -259,7 +259,7 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path]:
         progress=spec.progress,
     )
     method: Method = res.method.obj(**res.params)
-    if getattr(method, "whole_models", False):  # it runs fine-tuned models: only then do they all come into RAM
+    if method.whole_models:  # it runs fine-tuned models: only then do they all come into RAM
         pool.materialise()
     h = config_hash(spec.method, res.params, spec.backbone, res.suite.name, spec.profile, spec.seed)
     run_id = f"{spec.backbone}-{spec.method}-{spec.profile}-s{spec.seed}-{h[:8]}"
