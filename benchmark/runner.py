@@ -269,9 +269,13 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path]:
     artifacts = method.merge(pool)
     merge_s = time.perf_counter() - t0
 
+    codecs_used = sorted({a.codec for a in artifacts.values()})
     if artifacts:
         written = write_artifacts(artifacts, cache.root / "artifacts" / f"{run_id}.safetensors")
         storage_bytes, breakdown = written.total_bytes, written.breakdown
+        # only what comes back from the file may reach the evaluated model, and at paper scale the in-memory
+        # artifacts and their reloaded copy must not be resident together (one model copy each)
+        del artifacts, method
         # the file is checked against the hash measured when it was written, and decoded under a limit derived
         # from this model (a damaged or replaced file is refused, never evaluated)
         limit = decode_limit_for(sum(t.numel() * t.element_size() for t in pool.pretrained.values()), len(tasks))
@@ -281,8 +285,7 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path]:
             raise StorageError(f"artifacts of {run_id}: {e}") from None
     else:
         storage_bytes, breakdown, reloaded = 0, {}, {}
-    codecs_used = sorted({a.codec for a in artifacts.values()})
-    del artifacts  # only what came back from the file may reach the evaluated model
+        del artifacts, method
     # ... and a fresh instance loads it, so nothing merge kept on the method object can stand in for the file
     method = res.method.obj(**res.params)
     merged = method.load(reloaded, pool.pretrained, tasks)
