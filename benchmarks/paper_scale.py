@@ -8,7 +8,7 @@ What is measured, and how
    ``<workdir>/<size>/models`` a ``CLIPModel`` with tokenizer and preprocessor at ``openai/clip-vit-...`` and one
    fine-tuned ``CLIPVisionModel`` per task at ``tanganke/clip-vit-..._<task>`` (the pretrained vision weights plus
    seeded N(0, 1e-3) noise), and under ``<workdir>/<size>/data`` a ``DatasetDict`` (train/test, a few random images,
-   a few of FusionBench's class names) for each of the 8 tasks. Sizes: ``full`` = the hub configs (ViT-B/32: vision
+   a few classes) for each of the 8 tasks. Sizes: ``full`` = the hub configs (ViT-B/32: vision
    768 x 12, patch 32; ViT-L/14: vision 1024 x 24, patch 14; 224 px; their text towers; the random tokenizer of
    ``tests/test_clip_paper.py``), ``quick`` = narrow, shallow versions (8 tasks still). They are cached: a rerun
    with the same settings reuses them. Then, per method (``pretrained`` as the baseline, ``ties``,
@@ -95,7 +95,7 @@ RSS_METHODS = ("pretrained", "ties", "task_arithmetic", "dare", "emr")
 GOALS = {"copies": {"ties": 3.0, "task_arithmetic": 4.0, "dare": 4.0, "emr": 4.0}, "bound": 3.0, "fusion_bench": 2.0,
          "routed": {"batch": 2.0, "sample": 2.5, "early_layer": 1.5}}
 NOISE = 1e-3  # fine-tuned = pretrained + NOISE * N(0, 1)
-STANDIN_VERSION = 1  # bump when the stand-ins' content changes (the cache marker compares it)
+STANDIN_VERSION = 2  # bump when the stand-ins' content changes (the cache marker compares it)
 
 _TEXT_B32 = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8)
 _TEXT_L14 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
@@ -189,20 +189,22 @@ def write_models(root: Path, model: str, vision: dict[str, Any], text: dict[str,
 
 
 def write_data(root: Path, images: dict[str, int], classes: int, seed: int = 0) -> Path:
-    """``root/<dataset id>``: a ``DatasetDict`` (train, test) of random RGB images per paper task, labelled with the
-    first ``classes`` of FusionBench's class names; skipped when ``root/standin.json`` matches."""
+    """``root/<dataset id>``: a ``DatasetDict`` (train, test) of random RGB images per paper task, ``classes``
+    classes named ``"<task> class <i>"``; skipped when ``root/standin.json`` matches. (Not FusionBench's class
+    names: ``tasks._vision_paper.fusion_bench_classnames`` fails once ``fusion_bench`` has been imported, whose
+    lazy module has no ``__spec__``.)"""
     import shutil
 
     import datasets
 
-    from tasks._vision_paper import DATASETS, fusion_bench_classnames
+    from tasks._vision_paper import DATASETS
     from tests.test_clip_paper import _dataset
 
     want = {"version": STANDIN_VERSION, "images": images, "classes": classes, "seed": seed}
     if _marker_ok(root, want):
         return root
     for i, (task, spec) in enumerate(DATASETS.items()):
-        names = list(dict.fromkeys(fusion_bench_classnames(task)))[:classes]
+        names = [f"{task} class {c}" for c in range(classes)]
         splits = {split: _dataset(n, names, seed * 1000 + 10 * i + j)[0] for j, (split, n) in enumerate(images.items())}
         d = root / spec.hub_id
         shutil.rmtree(d, ignore_errors=True)
@@ -461,8 +463,17 @@ def run(size: str = "full", workdir: Path | None = None, rss_models: Sequence[st
         repeats: int | None = None, threads: int | None = None) -> dict[str, Any]:
     """Everything the module docstring lists; the JSON object ``--json`` prints. ``threads``: torch threads here
     and ``OMP_NUM_THREADS`` of the CLI runs (default: torch's choice)."""
+    prev = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _run(size, workdir, rss_models, methods, skip, seed, repeats, threads)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _run(size: str, workdir: Path | None, rss_models: Sequence[str], methods: Sequence[str], skip: Sequence[str],
+         seed: int, repeats: int | None, threads: int | None) -> dict[str, Any]:
     workdir = Path(workdir or Path.home() / ".cache" / "merge-bench" / "paper_scale").expanduser()
     detail: dict[str, Any] = {"size": size, "threads": torch.get_num_threads(), "load_before": os.getloadavg()[0]}
     out: dict[str, Any] = {}
