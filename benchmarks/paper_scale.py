@@ -58,9 +58,11 @@ Run
     .venv/bin/python benchmarks/paper_scale.py --skip rss           # only the in-memory parts (2-4)
 
 With ``--json`` the last line is one JSON object: ``peak_copies`` ({method: copies} of the ViT-L/14 run, or of the
-last ``--rss-model`` when ViT-L/14 is not among them), ``ties_vs_bandwidth_bound``, ``ties_vs_fusion_bench``,
-``routed_ratio`` ({``batch``, ``sample``, ``early_layer``}) and ``detail`` (everything else: seconds, bytes,
-bandwidth, per-model tables).
+last ``--rss-model`` when ViT-L/14 is not among them; ``peak_copies_model`` names it), ``peak_copies_above_import_
+baseline`` (the same less the import baseline), ``ties_vs_bandwidth_bound``, ``ties_vs_fusion_bench``,
+``ties_fusion_bench_identical``, ``routed_ratio`` ({``batch``, ``sample``, ``early_layer``}) and ``detail``
+(everything else: seconds, bytes, bandwidth, per-model tables). A part left out with ``--skip`` leaves its keys
+out.
 """
 from __future__ import annotations
 
@@ -84,6 +86,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from backbones._clip_paper import PAPER_MODELS  # noqa: E402
 from benchmark.contract import Pool  # noqa: E402
 from benchmark.registry import METHODS  # noqa: E402
 from benchmarks import routed_inference  # noqa: E402
@@ -119,8 +122,6 @@ SIZES: dict[str, dict[str, Any]] = {
         "ties_params": 5e6, "ties_tasks": 8, "fb_tasks": 4, "bandwidth_mib": 256, "repeats": 1, "quick": True,
     },
 }
-HUB = {"clip_vit_b32": ("openai/clip-vit-base-patch32", "tanganke/clip-vit-base-patch32_{}"),
-       "clip_vit_l14": ("openai/clip-vit-large-patch14", "tanganke/clip-vit-large-patch14_{}")}
 
 
 def _log(msg: str) -> None:
@@ -158,8 +159,10 @@ def write_models(root: Path, model: str, vision: dict[str, Any], text: dict[str,
     marker_dir = root / f".{model}"
     if _marker_ok(marker_dir, want):
         return root
-    pre_id, ft_id = HUB[model]
-    for d in [root / pre_id, *(root / ft_id.format(t) for t in TASKS), marker_dir]:
+    spec = PAPER_MODELS[model]
+    pre_id = spec.pretrained
+    ft_dirs = {t: root / spec.finetuned.format(task=t) for t in TASKS}
+    for d in [root / pre_id, *ft_dirs.values(), marker_dir]:
         shutil.rmtree(d, ignore_errors=True)
     tok = tiny_tokenizer()
     torch.manual_seed(seed)
@@ -180,7 +183,7 @@ def write_models(root: Path, model: str, vision: dict[str, Any], text: dict[str,
         g = torch.Generator().manual_seed(seed * 1000 + 100 + i)
         vm = transformers.CLIPVisionModel(vcfg)
         vm.load_state_dict({k: v + NOISE * torch.randn(v.shape, generator=g) for k, v in base.items()})
-        vm.save_pretrained(root / ft_id.format(task))
+        vm.save_pretrained(ft_dirs[task])
         del vm
         gc.collect()
     marker_dir.mkdir(parents=True, exist_ok=True)
@@ -441,7 +444,8 @@ def print_tables(out: dict[str, Any]) -> None:
         print(f"| TIES {t['tasks']} tasks, CPU (s) | {t['cpu_s']:.2f} | |")
         print(f"| bound: {(t['bound_bytes'] / 1e9):.2f} GB / bandwidth (s) | {t['bound_s']:.3f} | |")
         print(f"| TIES / bound | {t['ratio']:.1f} | <= {GOALS['bound']:.0f} |")
-        print(f"| TIES {fb['tasks']} tasks, ours, wall / CPU (s) | {fb['ours_wall_s']:.2f} / {fb['ours_cpu_s']:.2f} | |")
+        print(f"| TIES {fb['tasks']} tasks, ours, wall / CPU (s) | {fb['ours_wall_s']:.2f} / "
+              f"{fb['ours_cpu_s']:.2f} | |")
         print(f"| TIES {fb['tasks']} tasks, FusionBench, wall / CPU (s) | {fb['theirs_wall_s']:.2f} / "
               f"{fb['theirs_cpu_s']:.2f} | |")
         print(f"| FusionBench / ours, wall (CPU) | {fb['ratio']:.1f} ({fb['ratio_cpu']:.1f}) | >= "
@@ -483,6 +487,10 @@ def _run(size: str, workdir: Path | None, rss_models: Sequence[str], methods: Se
         pick = next((r for r in detail["rss"] if r["model"] == "clip_vit_l14"), detail["rss"][-1])
         out["peak_copies"] = {m: row["copies"] for m, row in pick["methods"].items()}
         out["peak_copies_model"] = pick["model"]
+        base = detail["import_baseline_rss_bytes"]
+        if base is not None:  # what the run itself adds to a process that has only imported the libraries
+            out["peak_copies_above_import_baseline"] = {
+                m: (row["peak_rss_bytes"] - base) / pick["copy_bytes"] for m, row in pick["methods"].items()}
     if "merge" not in skip:
         detail["merge"] = measure_merge(size, seed, repeats)
         out["ties_vs_bandwidth_bound"] = detail["merge"]["ties"]["ratio"]
