@@ -266,6 +266,7 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path]:
     torch.manual_seed(spec.seed)
     backbone = make_backbone(res, cache)
     backbone.prepare()
+    release_freed_memory()  # what loading freed (raw checkpoints, a text tower) must not stay resident
     tasks = backbone.tasks
     pool = Pool(
         tasks=tasks,
