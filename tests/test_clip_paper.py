@@ -608,3 +608,18 @@ def test_class_names_and_templates():
     assert len(vp.fusion_bench_classnames("gtsrb")) == 43
     with pytest.raises(UserError):
         vp.clip_templates("mnist", "clip")
+
+
+def test_fusion_bench_names_after_fusion_bench_was_imported():
+    """fusion_bench swaps itself for a lazy module without ``__spec__`` on import, where find_spec raises."""
+    pytest.importorskip("fusion_bench")
+    import subprocess
+
+    code = ("import fusion_bench, fusion_bench.method\n"
+            "from tasks import _vision_paper as vp\n"
+            "print(len(vp.fusion_bench_classnames('gtsrb')), len(vp.clip_templates('mnist', 'fusion_bench')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    n_classes, n_templates = map(int, out.stdout.split()[-2:])
+    assert n_classes == 43 and n_templates > 0
