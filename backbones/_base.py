@@ -16,6 +16,7 @@ import torch
 from benchmark.cache import Cache
 from benchmark.contract import Backbone, StateDict
 from benchmark.errors import UserError
+from benchmark.lazy_state import LazyState
 
 __all__ = ["PreparedBackbone", "DEVICE_ENV_VAR"]
 
@@ -85,10 +86,23 @@ class PreparedBackbone(Backbone):
         return dict(self._pretrained)
 
     def finetuned_state(self, task: str) -> StateDict:
+        """The task's fine-tuned mergeable tensors: a copy of the dict, or the read-only
+        :class:`~benchmark.lazy_state.LazyState` itself (never read whole here)."""
         self.prepare()
         if task not in self._finetuned:
             raise UserError(f"{self.model}: no task {task!r}; valid: {', '.join(self.tasks)}")
-        return dict(self._finetuned[task])
+        sd = self._finetuned[task]
+        return sd if isinstance(sd, LazyState) else dict(sd)
+
+    def streamed(self, state: Any) -> Any:
+        """``state`` restricted to :attr:`mergeable_names`: a :class:`~benchmark.lazy_state.LazyState` stays on
+        disk (the paper loaders' converted checkpoints), anything else is read into a float32 dict."""
+        if isinstance(state, LazyState):
+            missing = [k for k in self.mergeable_names if k not in state]
+            if missing:
+                raise UserError(f"{self.model}: {state.path} lacks {', '.join(missing[:3])}")
+            return LazyState(state.path, list(self.mergeable_names))
+        return {k: state[k].float() for k in self.mergeable_names}
 
     def checkpoints(self) -> dict[str, str]:
         """Checkpoint name -> sha256. For cached (tiny) checkpoints these are the hashes the cache verified the

@@ -76,6 +76,7 @@ from torch import Tensor, nn
 
 from benchmark.cache import sha256_file
 from benchmark.errors import UserError
+from benchmark.lazy_state import LazyState, cached_state
 from backbones.clip_vit import ImageEncoder
 from tasks._vision_paper import DATASETS, TemplateSource, clip_templates
 
@@ -119,8 +120,8 @@ class PaperCLIP:
     """What the paper-profile CLIP adapter needs; see the module docstring."""
 
     encoder: nn.Module
-    pretrained: dict[str, Tensor]  # mergeable encoder parameters, float32
-    finetuned: dict[str, dict[str, Tensor]]  # task -> same keys as ``pretrained``
+    pretrained: dict[str, Tensor]  # mergeable encoder parameters, float32 (the encoder's own tensors)
+    finetuned: dict[str, Mapping[str, Tensor]]  # task -> same keys as ``pretrained`` (a LazyState with a cache)
     heads: dict[str, Tensor]  # task -> [C, e], rows = normalized class embeddings * exp(logit_scale); frozen
     image_size: int
     mean: tuple[float, float, float]
@@ -325,6 +326,31 @@ def _check_inputs(model: str, tasks: Sequence[str], classnames: Mapping[str, Seq
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Fine-tuned states: converted once into the cache, then streamed
+
+#: version of the conversion below (part of every converted entry's key)
+CONVERSION_VERSION = "1"
+
+
+def _finetuned_state(cache: Any, spec: ClipPaperSpec, source: str, name: str, sha256: str, keys: list[str],
+                     read: Callable[[], Mapping[str, Tensor]]) -> Mapping[str, Tensor]:
+    """A task's fine-tuned encoder state. With a ``cache`` (a :class:`benchmark.cache.Cache`): converted once into
+    it as float32 safetensors (``read`` runs only then, one checkpoint in RAM at a time) and returned as a
+    :class:`~benchmark.lazy_state.LazyState`, read one tensor per access; the entry is keyed by the checkpoint's
+    sha256, so a changed checkpoint is converted again. Without: ``read()``, held in RAM."""
+    if cache is None:
+        return dict(read())
+    config = {"model": spec.pretrained, "source": source, "checkpoint": name, "sha256": sha256, "keys": keys}
+    return cached_state(cache, "paper_finetuned", config, CONVERSION_VERSION, read, keys)
+
+
+def _restrict(state: Mapping[str, Tensor], keys: list[str]) -> Mapping[str, Tensor]:
+    if isinstance(state, LazyState):
+        return LazyState(state.path, keys)
+    return {k: state[k] for k in keys}
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # transformers (openai/* + tanganke/*)
 
 
@@ -363,7 +389,7 @@ def _hf_preprocess(d: Path, vision_image_size: int) -> tuple[int, tuple, tuple]:
 
 def _load_hf(
     spec: ClipPaperSpec, tasks: Sequence[str], classnames: Mapping[str, Sequence[str]], root: Path | None,
-    templates: TemplateSource, device: str | torch.device,
+    templates: TemplateSource, device: str | torch.device, cache: Any = None,
 ) -> PaperCLIP:
     from transformers import AutoTokenizer, CLIPModel
 
@@ -406,12 +432,14 @@ def _load_hf(
     params = {k: p.detach() for k, p in encoder.named_parameters()}
     vision_keys = [k for k in params if k.startswith("vision_model.")]
 
-    finetuned_raw: dict[str, dict[str, Tensor]] = {}
-    for t in tasks:
+    proj = "visual_projection.weight"
+
+    def read_task(t: str) -> dict[str, Tensor]:
+        """The task's checkpoint, checked, as float32 tensors under every encoder parameter name (the pretrained
+        projection where the checkpoint is a vision tower only)."""
         repo, d = ids[t], dirs[t]
-        files = _weight_files(d)
         state: dict[str, Tensor] = {}
-        for f in files:
+        for f in _weight_files(d):
             state.update(read_state_file(f))
         state = _hf_vision_state(state)
         miss = [k for k in vision_keys if k not in state]
@@ -427,16 +455,20 @@ def _load_hf(
                 f"{repo}: {k} has shape {tuple(state[k].shape)}, the pretrained {spec.pretrained} "
                 f"{tuple(params[k].shape)}: not a fine-tuned copy of this model"
             )
-        finetuned_raw[t] = {k: v for k, v in state.items() if k in params}
-        checkpoints[repo] = _checkpoint_hash(files)
+        return {k: (state[k] if k in state else params[k]).float() for k in params}
 
-    proj = "visual_projection.weight"
-    proj_mergeable = any(proj in s and not torch.equal(s[proj].float(), params[proj].float())
-                         for s in finetuned_raw.values())
+    full: dict[str, Mapping[str, Tensor]] = {}
+    for t in tasks:
+        files = _weight_files(dirs[t])
+        checkpoints[ids[t]] = _checkpoint_hash(files)
+        full[t] = _finetuned_state(cache, spec, "hf", ids[t], checkpoints[ids[t]], list(params),
+                                   lambda t=t: read_task(t))
+
+    proj_mergeable = any(not torch.equal(s[proj], params[proj].float()) for s in full.values())
     keys = vision_keys + ([proj] if proj_mergeable else [])
-    pretrained = {k: params[k].float().clone() for k in keys}
-    finetuned = {t: {k: (s[k] if k in s else params[k]).float().clone() for k in keys}
-                 for t, s in finetuned_raw.items()}
+    # the encoder's own tensors: functional_call never writes them, so the pool can share them (no second copy)
+    pretrained = {k: params[k].float() for k in keys}
+    finetuned = {t: _restrict(s, keys) for t, s in full.items()}
     size, mean, std = _hf_preprocess(pre_dir, int(encoder.vision_model.config.image_size))
     return PaperCLIP(
         encoder=encoder, pretrained=pretrained, finetuned=finetuned, heads=heads, image_size=size, mean=mean,
@@ -471,7 +503,7 @@ def _first_file(candidates: Sequence[Path]) -> Path | None:
 
 def _load_open_clip(
     spec: ClipPaperSpec, tasks: Sequence[str], classnames: Mapping[str, Sequence[str]], root: Path | None,
-    templates: TemplateSource, device: str | torch.device, allow_pickle: bool,
+    templates: TemplateSource, device: str | torch.device, allow_pickle: bool, cache: Any = None,
 ) -> PaperCLIP:
     import open_clip
 
@@ -585,14 +617,21 @@ def _load_open_clip(
         text_model.to("cpu")
 
     encoder = model.visual
-    pretrained = {k: v.detach().float().clone() for k, v in encoder.named_parameters()}
+    # the encoder's own tensors: functional_call never writes them, so the pool can share them (no second copy)
+    pretrained = {k: v.detach().float() for k, v in encoder.named_parameters()}
+    keys = list(pretrained)
+
+    def read_task(f: Path) -> dict[str, Tensor]:
+        v, _ = _split_open_clip(read_state_file(f, allow_pickle))
+        check_visual(v, f)
+        return {k: v[k].detach().float() for k in keys}
+
     finetuned = {}
     for t, f in ft_files.items():
         assert f is not None
-        v, _ = _split_open_clip(read_state_file(f, allow_pickle))
-        check_visual(v, f)
-        finetuned[t] = {k: v[k].detach().float().clone() for k in pretrained}
         checkpoints[rel(f)] = _checkpoint_hash([f])
+        finetuned[t] = _finetuned_state(cache, spec, "open_clip", rel(f), checkpoints[rel(f)], keys,
+                                        lambda f=f: read_task(f))
     del model
     pcfg = dict(open_clip.get_model_preprocess_cfg(encoder))
     size = pcfg.get("size", encoder.image_size)
@@ -617,6 +656,7 @@ def load_clip_paper(
     templates: TemplateSource = "merge-bench",
     allow_pickle: bool = False,
     device: str | torch.device = "cpu",
+    cache: Any = None,
 ) -> PaperCLIP:
     """Load a paper CLIP model (``clip_vit_b32`` / ``clip_vit_l14``) with the fine-tuned encoders of ``tasks``.
 
@@ -625,15 +665,18 @@ def load_clip_paper(
     ``templates``: ``"merge-bench"``, ``"fusion_bench"`` or ``{task: [templates]}`` (see
     :func:`tasks._vision_paper.clip_templates`). ``allow_pickle``: unpickle task_vectors' original (pickled)
     checkpoints -- only for files you trust. ``device``: where the text tower runs while building the heads.
-    Everything returned lives on the CPU.
+    ``cache`` (a :class:`benchmark.cache.Cache`): convert each fine-tuned checkpoint once into it and return the
+    fine-tuned states as :class:`~benchmark.lazy_state.LazyState` s (read one tensor at a time, never all in RAM);
+    without one they are read into RAM. ``pretrained`` shares the encoder's tensors. Everything returned lives on
+    the CPU.
     """
     spec = _check_inputs(model, tasks, classnames)
     root_s = root if root is not None else os.environ.get(MODELS_ENV_VAR) or None
     root_p = Path(root_s).expanduser() if root_s is not None else None
     if source == "hf":
-        out = _load_hf(spec, list(tasks), classnames, root_p, templates, device)
+        out = _load_hf(spec, list(tasks), classnames, root_p, templates, device, cache)
     elif source == "open_clip":
-        out = _load_open_clip(spec, list(tasks), classnames, root_p, templates, device, allow_pickle)
+        out = _load_open_clip(spec, list(tasks), classnames, root_p, templates, device, allow_pickle, cache)
     else:
         raise UserError(f"unknown checkpoint source {source!r}; valid: hf, open_clip")
     for h in out.heads.values():

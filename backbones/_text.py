@@ -307,7 +307,7 @@ class TextBackbone(PreparedBackbone):
         self.pad_id = int(paper.pad_id)
         self.mergeable_names = [n for n, _ in self.encoder.named_parameters()]
         self._pretrained = {k: paper.pretrained[k].float() for k in self.mergeable_names}
-        self._finetuned = {t: {k: paper.finetuned[t][k].float() for k in self.mergeable_names} for t in self.tasks}
+        self._finetuned = {t: self.streamed(paper.finetuned[t]) for t in self.tasks}
         self.heads = {t: {k: v.detach().float().to(self.device) for k, v in paper.heads[t].items()}
                       for t in self.tasks}
         self._checkpoints = dict(paper.checkpoints)

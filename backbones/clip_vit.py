@@ -533,13 +533,13 @@ class ClipViT(PreparedBackbone):
         from backbones._clip_paper import load_clip_paper
 
         classnames = {t: self.suite.classnames(t) for t in self.tasks}
-        paper = load_clip_paper(self.model, self.tasks, classnames)
+        paper = load_clip_paper(self.model, self.tasks, classnames, cache=self._cache())
         self.encoder = paper.encoder
         self.image_size, self.mean, self.std = int(paper.image_size), tuple(paper.mean), tuple(paper.std)
         frozen = set(getattr(paper, "frozen", ()) or ())
         self.mergeable_names = [n for n, _ in self.encoder.named_parameters() if n not in frozen]
         self._pretrained = {k: paper.pretrained[k].float() for k in self.mergeable_names}
-        self._finetuned = {t: {k: paper.finetuned[t][k].float() for k in self.mergeable_names} for t in self.tasks}
+        self._finetuned = {t: self.streamed(paper.finetuned[t]) for t in self.tasks}
         self.heads = {t: paper.heads[t].detach().float().to(self.device) for t in self.tasks}
         self._checkpoints = dict(paper.checkpoints)
 

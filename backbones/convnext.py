@@ -189,7 +189,7 @@ class ConvNeXt(ClipViT):
         self.mean, self.std = tuple(paper.mean), tuple(paper.std)
         self.mergeable_names = [n for n, _ in self.encoder.named_parameters()]
         self._pretrained = {k: paper.pretrained[k].float() for k in self.mergeable_names}
-        self._finetuned = {t: {k: paper.finetuned[t][k].float() for k in self.mergeable_names} for t in self.tasks}
+        self._finetuned = {t: self.streamed(paper.finetuned[t]) for t in self.tasks}
         self.heads = {t: paper.heads[t][0].detach().float().to(self.device) for t in self.tasks}
         self.head_bias = {t: paper.heads[t][1].detach().float().to(self.device) for t in self.tasks}
         self._checkpoints = dict(paper.checkpoints)

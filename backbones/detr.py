@@ -553,7 +553,7 @@ class Detr(PreparedBackbone):
         self.image_size, self.mean, self.std = paper.image_size, tuple(paper.mean), tuple(paper.std)
         self.mergeable_names = [n for n, _ in self.detector.named_parameters()]
         self._pretrained = {k: paper.pretrained[k].float() for k in self.mergeable_names}
-        self._finetuned = {t: {k: paper.finetuned[t][k].float() for k in self.mergeable_names} for t in self.tasks}
+        self._finetuned = {t: self.streamed(paper.finetuned[t]) for t in self.tasks}
         self.heads = {t: (w.detach().float(), b.detach().float()) for t, (w, b) in paper.heads.items()}
         self._checkpoints = dict(paper.checkpoints)
 

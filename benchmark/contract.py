@@ -70,6 +70,9 @@ class TaskVectorView(Mapping[str, Tensor]):
     def __getitem__(self, key: str) -> Tensor:
         return self.finetuned[key] - self.pretrained[key]
 
+    def __contains__(self, key: object) -> bool:  # Mapping's default would compute the tensor
+        return key in self.pretrained
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.pretrained)
 

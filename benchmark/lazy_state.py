@@ -11,7 +11,7 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -51,6 +51,9 @@ class LazyState(Mapping[str, Tensor]):
             os.close(fd)
         return out
 
+    def __contains__(self, key: object) -> bool:  # Mapping's default would read the tensor
+        return key in self._meta
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._meta)
 
@@ -89,3 +92,24 @@ def save_streaming(state: Mapping[str, Tensor], path: str | os.PathLike) -> None
             f.write(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
             del t
     os.replace(tmp, path)
+
+
+#: the file name of a state converted into a cache entry by :func:`cached_state`
+STATE_FILE = "state.safetensors"
+
+
+def cached_state(cache, name: str, config: Any, version: str, read: Callable[[], Mapping[str, Tensor]],
+                 keys: list[str] | None = None) -> LazyState:
+    """A state converted once into a cache entry, then read from there one tensor at a time.
+
+    ``read()`` is called only when the entry does not exist yet (or fails verification): it returns the state to
+    store (e.g. a checkpoint read whole and checked, converted to float32); it is written with
+    :func:`save_streaming` and dropped, so at most one such state is in RAM at a time. ``config`` must name what
+    the state is derived from (the checkpoint's sha256 and the conversion), since it keys the entry.
+    ``cache`` is a :class:`benchmark.cache.Cache`."""
+
+    def build(tmp: Path) -> None:
+        save_streaming(read(), tmp / STATE_FILE)
+
+    entry = cache.get_or_build(name, config, 0, version, build)
+    return LazyState(entry / STATE_FILE, keys)

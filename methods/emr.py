@@ -16,6 +16,10 @@ For task vectors tau_t = theta_t - theta over the mergeable tensors:
 Storage: ``tau_uni`` (``state_dict`` codec, natural dtype), one packed mask per task (``bitmask`` codec, a dict of
 bool tensors, 8 entries per byte) and the K rescalers (``tensor``, float32).
 
+Memory: the task vectors are read one tensor at a time (the pool's lazy views) and the masks are packed as they
+are made, and stay packed after reloading (unpacked one tensor at a time when a task's weights are built): the
+merge holds ``tau_uni`` plus 1/32 of a model per task, not every task vector at once.
+
 Differences from the reference: none in the default; only the mergeable tensors take part (heads are per task and
 are never merged, as everywhere in this suite).
 """
@@ -28,21 +32,25 @@ from torch import Tensor
 
 from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, TaskConditionedModel
 from benchmark.registry import METHODS, Param
+from benchmark.storage import PackedMask, PackedMasks
 
 RESCALE_MODES = ("code", "model_mean")
 
 
 def emr_merge(
-    vectors: Sequence[Mapping[str, Tensor]], rescale: str = "code"
-) -> tuple[StateDict, list[dict[str, Tensor]], Tensor]:
+    vectors: Sequence[Mapping[str, Tensor]], rescale: str = "code", packed: bool = False
+) -> tuple[StateDict, list[Mapping[str, Tensor]], Tensor]:
     """Elect, mask, rescale. Returns ``(tau_uni, masks per task, rescalers [K])``; keys in the order of
-    ``vectors[0]``."""
+    ``vectors[0]``. Each task vector tensor is read once (lazy task vectors are computed once each).
+
+    ``packed=True``: each task's masks are a :class:`~benchmark.storage.PackedMasks`, packed tensor by tensor as
+    they are made (8 tasks' ``bool`` masks would otherwise hold 2 float32 model copies)."""
     if rescale not in RESCALE_MODES:
         raise ValueError(f"rescale must be one of {RESCALE_MODES}, got {rescale!r}")
     k_tasks = len(vectors)
     keys = list(vectors[0])
     tau_uni: StateDict = {}
-    masks: list[dict[str, Tensor]] = [{} for _ in range(k_tasks)]
+    masks: list[dict[str, Any]] = [{} for _ in range(k_tasks)]
     num = torch.zeros(k_tasks, dtype=torch.float64)
     den = torch.zeros(k_tasks, dtype=torch.float64)
     for name in keys:
@@ -52,7 +60,7 @@ def emr_merge(
         uni = (stacked.abs() * agree).amax(0) * flag
         tau_uni[name] = uni
         for t in range(k_tasks):
-            masks[t][name] = agree[t]
+            masks[t][name] = PackedMask.of(agree[t]) if packed else agree[t]
             kept = (uni * agree[t]).abs()
             if rescale == "code":
                 num[t] += stacked[t].abs().mean().double()
@@ -61,7 +69,7 @@ def emr_merge(
                 num[t] += stacked[t].abs().sum().double()
                 den[t] += kept.sum().double()
     rescalers = (num / den).to(torch.float32)
-    return tau_uni, masks, rescalers
+    return tau_uni, [PackedMasks(m) for m in masks] if packed else masks, rescalers
 
 
 def emr_task_weights(pretrained: Mapping[str, Tensor], tau_uni: Mapping[str, Tensor], mask: Mapping[str, Tensor],
@@ -106,8 +114,8 @@ class EMRMerging(Method):
     kind = "task_conditioned"
 
     def merge(self, pool: Pool) -> Artifacts:
-        tv = pool.task_vectors()
-        tau_uni, masks, rescalers = emr_merge([tv[t] for t in pool.tasks], self.params.get("rescale", "code"))
+        tau_uni, masks, rescalers = emr_merge(pool.lazy_task_vectors(), self.params.get("rescale", "code"),
+                                              packed=True)
         arts = Artifacts()
         arts.add("tau_uni", tau_uni, codec="state_dict")
         for t, m in zip(pool.tasks, masks):

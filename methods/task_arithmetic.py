@@ -20,7 +20,8 @@ from typing import Any, Mapping, Sequence
 
 from torch import Tensor
 
-from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, StaticModel, as_vector_list
+from benchmark.contract import (Artifacts, Merged, Method, Pool, StateDict, StaticModel, TaskVectorView,
+                                as_vector_list)
 from benchmark.registry import METHODS, Param
 
 
@@ -36,10 +37,12 @@ def task_arithmetic_merge(
         return {k: v.clone() for k, v in pretrained.items()}
     out: StateDict = {}
     for key in pretrained:  # one key at a time: lazy task vectors are computed once each
-        acc = vectors[0][key].clone()
+        first = vectors[0][key]
+        acc = first if isinstance(vectors[0], TaskVectorView) else first.clone()  # a view's tensor is fresh
         for tv in vectors[1:]:
             acc += tv[key]
-        out[key] = pretrained[key] + acc * scaling_coef
+        # in place, bit for bit ``pretrained + acc * scaling_coef`` (IEEE addition commutes): no temporaries
+        out[key] = acc.mul_(scaling_coef).add_(pretrained[key])
     return out
 
 

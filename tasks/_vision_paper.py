@@ -58,6 +58,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -189,18 +190,31 @@ def clean_classname(name: str) -> str:
     return re.sub(r"\s+", " ", s).strip()
 
 
+def _fusion_bench_dir() -> Path:
+    """The installed fusion_bench package's directory. Once imported, fusion_bench replaces itself in
+    ``sys.modules`` with a lazy module whose ``__spec__`` is None, and ``find_spec`` then raises: ask the module."""
+    mod = sys.modules.get("fusion_bench")
+    paths = list(getattr(mod, "__path__", None) or []) if mod is not None else []
+    if not paths:
+        try:
+            found = importlib.util.find_spec("fusion_bench")
+        except (ImportError, ValueError):
+            found = None
+        paths = list(found.submodule_search_locations or []) if found is not None else []
+    if not paths:
+        raise UserError(
+            "FusionBench's class names/templates were asked for but the fusion-bench package is not installed "
+            "(pip install 'merge-bench[test]' or fusion-bench==0.2.33)"
+        )
+    return Path(paths[0])
+
+
 @lru_cache(maxsize=None)
 def _fusion_bench_module(task: str) -> dict[str, Any]:
     """Execute FusionBench's ``classnames``/``templates`` file for ``task`` in isolation (its package ``__init__``
     pulls in lightning and more, which these plain lists do not need)."""
     spec = _check_task(task)
-    found = importlib.util.find_spec("fusion_bench")
-    if found is None or not found.submodule_search_locations:
-        raise UserError(
-            "FusionBench's class names/templates were asked for but the fusion-bench package is not installed "
-            "(pip install 'merge-bench[test]' or fusion-bench==0.2.33)"
-        )
-    base = Path(list(found.submodule_search_locations)[0])
+    base = _fusion_bench_dir()
     path = base / "tasks" / "clip_classification" / f"{spec.fusion_bench_module}.py"
     if not path.is_file():
         raise UserError(f"fusion-bench has no class names/templates file for {task!r} (looked for {path})")

@@ -159,6 +159,49 @@ def test_hf_state_dicts_match_the_files(hf_root, hf_loaded):
     assert torch.equal(enc_sd["visual_projection.weight"], clip.visual_projection.weight)
 
 
+def test_hf_with_a_cache_streams_converted_checkpoints(hf_root, tmp_path, monkeypatch):
+    """With a cache the fine-tuned states are LazyStates over float32 safetensors converted once into it: equal to
+    the files, the raw checkpoints not read again on a second load, converted again when a checkpoint changes.
+    ``pretrained`` is the encoder's own tensors (no second copy)."""
+    from safetensors.torch import save_file
+
+    from benchmark.cache import Cache
+    from benchmark.lazy_state import LazyState
+
+    root, info = hf_root
+    cache = Cache(tmp_path / "cache")
+    reads = []
+    real = cp.read_state_file
+    monkeypatch.setattr(cp, "read_state_file", lambda p, *a, **k: (reads.append(Path(p)), real(p, *a, **k))[1])
+    out = cp.load_clip_paper("clip_vit_b32", HF_TASKS, CLASSNAMES, root=str(root), cache=cache)
+    assert len(reads) == len(HF_TASKS)
+    for t in HF_TASKS:
+        assert isinstance(out.finetuned[t], LazyState) and set(out.finetuned[t]) == set(out.pretrained)
+        for k in out.pretrained:
+            got = out.finetuned[t][k]
+            assert got.dtype == torch.float32 and torch.equal(got, info["saved"][t][k]), (t, k)
+    enc = dict(out.encoder.named_parameters())
+    assert all(out.pretrained[k].data_ptr() == enc[k].data_ptr() for k in out.pretrained)
+
+    reads.clear()
+    again = cp.load_clip_paper("clip_vit_b32", HF_TASKS, CLASSNAMES, root=str(root), cache=cache)
+    assert reads == []  # served from the converted entries
+    assert all(again.finetuned[t].path == out.finetuned[t].path for t in HF_TASKS)
+
+    # a changed checkpoint (same path) has another sha256, hence another entry
+    f = root / cp.PAPER_MODELS["clip_vit_b32"].finetuned.format(task="eurosat") / "model.safetensors"
+    changed = {k: v + 1.0 for k, v in info["saved"]["eurosat"].items()}
+    save_file({k: v.contiguous() for k, v in changed.items()}, str(f))
+    try:
+        third = cp.load_clip_paper("clip_vit_b32", HF_TASKS, CLASSNAMES, root=str(root), cache=cache)
+        assert [p.parent.name for p in reads] == [f.parent.name]
+        k = next(iter(third.pretrained))
+        assert torch.equal(third.finetuned["eurosat"][k], changed[k])
+        assert torch.equal(third.finetuned["mnist"][k], info["saved"]["mnist"][k])
+    finally:  # the module's other tests read this root
+        save_file({k: v.contiguous() for k, v in info["saved"]["eurosat"].items()}, str(f))
+
+
 def test_hf_encoder_matches_get_image_features(hf_root, hf_loaded):
     _, info = hf_root
     clip, out = info["clip"], hf_loaded
@@ -565,3 +608,18 @@ def test_class_names_and_templates():
     assert len(vp.fusion_bench_classnames("gtsrb")) == 43
     with pytest.raises(UserError):
         vp.clip_templates("mnist", "clip")
+
+
+def test_fusion_bench_names_after_fusion_bench_was_imported():
+    """fusion_bench swaps itself for a lazy module without ``__spec__`` on import, where find_spec raises."""
+    pytest.importorskip("fusion_bench")
+    import subprocess
+
+    code = ("import fusion_bench, fusion_bench.method\n"
+            "from tasks import _vision_paper as vp\n"
+            "print(len(vp.fusion_bench_classnames('gtsrb')), len(vp.clip_templates('mnist', 'fusion_bench')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    n_classes, n_templates = map(int, out.stdout.split()[-2:])
+    assert n_classes == 43 and n_templates > 0

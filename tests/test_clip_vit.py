@@ -255,7 +255,7 @@ def test_paper_branch_uses_the_paper_loader(monkeypatch):
     tasks = ["sun397", "stanford-cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd"]
     seen = {}
 
-    def fake_clip(model, tasks_, classnames, *, root=None):
+    def fake_clip(model, tasks_, classnames, *, root=None, cache=None):
         seen["args"] = (model, list(tasks_), {t: len(c) for t, c in classnames.items()})
         ft = {t: {k: v + 0.01 * (i + 1) for k, v in state.items()} for i, t in enumerate(tasks_)}
         heads = {t: nn.functional.normalize(torch.randn(3, 8), dim=1) * 100 for t in tasks_}
