@@ -98,10 +98,10 @@ class PreparedBackbone(Backbone):
         """``state`` restricted to :attr:`mergeable_names`: a :class:`~benchmark.lazy_state.LazyState` stays on
         disk (the paper loaders' converted checkpoints), anything else is read into a float32 dict."""
         if isinstance(state, LazyState):
-            missing = [k for k in self.mergeable_names if k not in state]
-            if missing:
-                raise UserError(f"{self.model}: {state.path} lacks {', '.join(missing[:3])}")
-            return LazyState(state.path, list(self.mergeable_names))
+            try:
+                return state.restricted(list(self.mergeable_names))
+            except KeyError as e:
+                raise UserError(f"{self.model}: {e.args[0]}") from None
         return {k: state[k].float() for k in self.mergeable_names}
 
     def checkpoints(self) -> dict[str, str]:

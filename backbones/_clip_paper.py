@@ -339,15 +339,13 @@ def _finetuned_state(cache: Any, spec: ClipPaperSpec, source: str, name: str, sh
     :class:`~benchmark.lazy_state.LazyState`, read one tensor per access; the entry is keyed by the checkpoint's
     sha256, so a changed checkpoint is converted again. Without: ``read()``, held in RAM."""
     if cache is None:
-        return dict(read())
+        return read()
     config = {"model": spec.pretrained, "source": source, "checkpoint": name, "sha256": sha256, "keys": keys}
     return cached_state(cache, "paper_finetuned", config, CONVERSION_VERSION, read, keys)
 
 
 def _restrict(state: Mapping[str, Tensor], keys: list[str]) -> Mapping[str, Tensor]:
-    if isinstance(state, LazyState):
-        return LazyState(state.path, keys)
-    return {k: state[k] for k in keys}
+    return state.restricted(keys) if isinstance(state, LazyState) else {k: state[k] for k in keys}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -60,6 +60,16 @@ class LazyState(Mapping[str, Tensor]):
     def __len__(self) -> int:
         return len(self._meta)
 
+    def restricted(self, keys: list[str]) -> "LazyState":
+        """The same file with only ``keys``, in that order (its header is not read again); a ``KeyError`` names
+        the keys the file lacks."""
+        missing = [k for k in keys if k not in self._meta]
+        if missing:
+            raise KeyError(f"{self.path} lacks {', '.join(missing[:3])}")
+        out = object.__new__(LazyState)
+        out.path, out._base, out._meta = self.path, self._base, {k: self._meta[k] for k in keys}
+        return out
+
     def numel(self, key: str) -> int:
         n = 1
         for d in self._meta[key]["shape"]:

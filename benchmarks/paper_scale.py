@@ -57,8 +57,10 @@ bound at one thread: top-k selection and several elementwise passes per task); 4
 batch **2.11**, sample **2.06**, early layer **1.30** (goal 2.0 / 2.5 / 1.5: batch not met).
 ``--quick`` (4.5 min): ViT-L/14 stand-in (2.8M parameters, one copy 11 MB) peaks at 1.11 GB = 99.5 copies for
 pretrained/ties/task_arithmetic/dare and 107 for emr, of which 0.88 GB is the import baseline: 20.9 copies above it
-(28.7 for emr), i.e. the paper CLIP loader's own share, set by loading, not by the method. The full ViT-L/14 RSS runs
-were not made: with that loader they would need ~22 GB.
+(28.7 for emr), i.e. the paper CLIP loader's own share, set by loading, not by the method. With the streaming paper
+loader (fine-tuned checkpoints converted once into the cache, read one tensor at a time), full size,
+``--rss-model clip_vit_l14 --methods ties,emr --threads 1`` (one copy = 1.213 GB): TIES 5.13 GB = 4.23 copies,
+EMR 11.54 GB = 9.51 copies (goals 3 and 4: not met); TIES under ``MALLOC_MMAP_THRESHOLD_=4194304`` 4.22 GB = 3.48.
 
 Run
 ---
@@ -67,8 +69,8 @@ Run
     .venv/bin/python benchmarks/paper_scale.py --quick --json      # a few minutes, small stand-ins
     .venv/bin/python benchmarks/paper_scale.py                      # paper size: ViT-L/14 stand-ins (~12 GB on
                                                                     # disk), 88M x 8 and FusionBench at 4 tasks in
-                                                                    # memory (~13 GB); each CLI run as much as
-                                                                    # the paper loader takes (~22 GB today)
+                                                                    # memory (~13 GB); each CLI run up to
+                                                                    # ~12 GB (EMR, above)
     .venv/bin/python benchmarks/paper_scale.py --rss-model clip_vit_b32 --rss-model clip_vit_l14
     .venv/bin/python benchmarks/paper_scale.py --skip rss           # only the in-memory parts (2-4)
 

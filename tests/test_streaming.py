@@ -1,4 +1,6 @@
 """The fused static merges are torch.equal to the straightforward (unfused) forms computed here."""
+from collections.abc import Mapping
+
 import pytest
 import torch
 
@@ -72,8 +74,8 @@ def test_pool_materialise_keeps_values(tmp_path):
 # Streaming methods read every fine-tuned tensor a bounded number of times, and never hold a whole model
 
 
-class _CountingState:
-    """A LazyState that counts its reads per key and the most tensors it has handed out that are still alive."""
+class _CountingState(Mapping):
+    """A LazyState that counts its reads per key."""
 
     def __init__(self, path):
         from benchmark.lazy_state import LazyState
@@ -94,13 +96,8 @@ class _CountingState:
     def __contains__(self, key):
         return key in self.lazy
 
-    def keys(self):
-        return self.lazy.keys()
-
 
 def _lazy_pool(tmp_path, n_tasks=3, seed=0):
-    from collections.abc import Mapping
-
     from safetensors.torch import save_file
 
     from benchmark.contract import Pool
@@ -112,7 +109,6 @@ def _lazy_pool(tmp_path, n_tasks=3, seed=0):
         save_file(sd, tmp_path / f"t{t}.safetensors")
         ft[f"t{t}"] = _CountingState(tmp_path / f"t{t}.safetensors")
         eager[f"t{t}"] = sd
-    Mapping.register(_CountingState)
     return Pool(tasks=list(ft), pretrained=pre, finetuned=ft), eager
 
 
@@ -172,3 +168,16 @@ def test_packed_masks_decode_lazily_and_equal_the_bool_masks(tmp_path):
             assert back[name][k].dtype == torch.bool and torch.equal(back[name][k], v)
     with pytest.raises(StorageError):  # a part too short for its shape is refused when it is made, not on use
         PackedMask(torch.zeros(4, dtype=torch.uint8), (37,))
+
+
+def test_lazy_state_restricted_keeps_order_values_and_names_missing_keys(tmp_path):
+    from safetensors.torch import save_file
+
+    from benchmark.lazy_state import LazyState
+    sd = {"a": torch.randn(3), "b": torch.randn(2, 2), "c": torch.arange(4)}
+    save_file(sd, tmp_path / "x.safetensors")
+    sub = LazyState(tmp_path / "x.safetensors").restricted(["c", "a"])
+    assert list(sub) == ["c", "a"] and "b" not in sub
+    assert torch.equal(sub["c"], sd["c"]) and torch.equal(sub["a"], sd["a"])
+    with pytest.raises(KeyError, match="lacks z"):
+        LazyState(tmp_path / "x.safetensors").restricted(["a", "z"])
