@@ -313,18 +313,12 @@ class TextBackbone(PreparedBackbone):
         self._checkpoints = dict(paper.checkpoints)
 
     # -- tiny / micro profiles
-    def _data_key(self) -> str:
-        key = getattr(self.suite, "data_key", None)
-        return key() if callable(key) else f"{type(self.suite).__name__}:{self.profile}"
-
     def _prepare_tiny(self) -> None:
         from safetensors.torch import load_file
 
-        if getattr(self.suite, "vocab", None) is None:
+        if self.suite.vocab is None:
             raise UserError(f"{self.model} ({self.profile}) needs a generated suite with a vocabulary")
-        prep = getattr(self.suite, "prepare", None)
-        if callable(prep):
-            prep()
+        self.suite.prepare()
         self.pad_id = int(self.suite.pad_id)
         pre_path = self._pretrain()
         state = load_file(str(pre_path))
@@ -346,7 +340,7 @@ class TextBackbone(PreparedBackbone):
             self._checkpoints[f"finetuned/{task}"] = self._cache().sha256(p)
 
     def _stage_cfg(self, prefixes: tuple[str, ...]) -> dict[str, Any]:
-        return {"model": self.model, "profile": self.profile, "config": self.config, "data": self._data_key(),
+        return {"model": self.model, "profile": self.profile, "config": self.config, "data": self.suite.data_key(),
                 "tasks": self.tasks, "lm": self.lm,
                 "recipe": {k: v for k, v in asdict(self.recipe).items() if k.startswith(prefixes) or k == "warmup"}}
 
@@ -407,7 +401,7 @@ class TextBackbone(PreparedBackbone):
 
     def _heads(self, pretrained_sha: str) -> Path:
         r = self.recipe
-        cfg = {"model": self.model, "profile": self.profile, "pretrained": pretrained_sha, "data": self._data_key(),
+        cfg = {"model": self.model, "profile": self.profile, "pretrained": pretrained_sha, "data": self.suite.data_key(),
                "recipe": {k: v for k, v in asdict(r).items() if k.startswith("head")}, "tasks": self.tasks}
         entry = self._cache().get_or_build(f"{self.model}/heads", cfg, self.seed,
                                            _version("heads", self.model_parts()), self._build_heads)

@@ -78,7 +78,7 @@ from benchmark.cache import code_version
 from benchmark.contract import StateDict
 from benchmark.errors import UserError
 from benchmark.registry import BACKBONES
-from tasks import vision8 as _v8
+from tasks import drawing
 
 __all__ = ["ClipViT", "ClipOps", "CONFIGS", "RECIPES", "ImageEncoder", "generic_mixture", "OPENAI_MEAN", "OPENAI_STD"]
 
@@ -246,8 +246,8 @@ MIXTURE_FIGURES = 128  # generic "characters" of a random alphabet, which no tas
 
 def _colour(g: torch.Generator, n: int) -> Tensor:
     """Random colours ``[N, 3]``: uniform hue and saturation, value in [0.15, 1]."""
-    h, s, v = _v8._u(g, n), _v8._u(g, n, 0.0, 1.0), _v8._u(g, n, 0.15, 1.0)
-    return _v8._hsv(h, s, v)
+    h, s, v = drawing.uniform(g, n), drawing.uniform(g, n, 0.0, 1.0), drawing.uniform(g, n, 0.15, 1.0)
+    return drawing.hsv(h, s, v)
 
 
 def _figure_bank(seed: int, n: int = MIXTURE_FIGURES, strokes: int = 3) -> Tensor:
@@ -274,19 +274,19 @@ def generic_mixture(g: torch.Generator, n: int, s: int, seed: int = 0) -> Tensor
     """``n`` generic images ``uint8 [n, 3, s, s]``, the inputs of the fine-tuning's preservation term: one figure of
     a random stroke alphabet (:func:`_figure_bank`, 128 figures), randomly scaled, rotated, placed, jittered and
     coloured, over a flat / gradient / noise / wave background, with up to two small distractor shapes."""
-    u = _v8._u
-    col = _v8._col
-    yy, xx = _v8._grid(s)
+    u = drawing.uniform
+    col = drawing.column
+    yy, xx = drawing.grid(s)
     # background
     bg_kind = torch.randint(4, (n,), generator=g)
     c1 = _colour(g, n)
     c2 = _colour(g, n)
     ang = col(u(g, n, 0, 2 * math.pi))
-    ru, _ = _v8._rot(xx, yy, ang)
-    flat = _v8._flat(c1, s)
-    grad = _v8._paint(flat, ((ru + 1) / 2).clamp(0, 1).expand(n, s, s), c2)
-    noise = flat * (0.5 + _v8._smooth_noise(g, n, s, 4))
-    waves = _v8._paint(flat, 0.3 * (0.5 + 0.5 * torch.sin(ru * col(u(g, n, 3, 10)))), c2)
+    ru, _ = drawing.rotate(xx, yy, ang)
+    flat = drawing.flat(c1, s)
+    grad = drawing.paint(flat, ((ru + 1) / 2).clamp(0, 1).expand(n, s, s), c2)
+    noise = flat * (0.5 + drawing.smooth_noise(g, n, s, 4))
+    waves = drawing.paint(flat, 0.3 * (0.5 + 0.5 * torch.sin(ru * col(u(g, n, 3, 10)))), c2)
     img = torch.stack([flat, grad, noise.clamp(0, 1), waves], 1)[torch.arange(n), bg_kind]
     # distractors: small discs or squares
     for _ in range(2):
@@ -295,7 +295,7 @@ def generic_mixture(g: torch.Generator, n: int, s: int, seed: int = 0) -> Tensor
         dx, dy = xx - col(u(g, n, -0.9, 0.9)), yy - col(u(g, n, -0.9, 0.9))
         sq = col((u(g, n) < 0.5).float())
         sdf = sq * torch.maximum(dx.abs(), dy.abs()) + (1 - sq) * torch.sqrt(dx * dx + dy * dy) - r
-        img = _v8._paint(img, _v8._soft(sdf, s) * present, _colour(g, n))
+        img = drawing.paint(img, drawing.soft(sdf, s) * present, _colour(g, n))
     # the figure: its strokes, jittered, under a random similarity transform
     fig = torch.randint(MIXTURE_FIGURES, (n,), generator=g)
     seg = _figure_bank(seed)[fig] + (torch.rand(n, *_figure_bank(seed).shape[1:], generator=g) - 0.5) * 0.16
@@ -308,10 +308,10 @@ def generic_mixture(g: torch.Generator, n: int, s: int, seed: int = 0) -> Tensor
     dist = torch.stack([_segment_distance(xx, yy, seg[:, k, 0], seg[:, k, 1]) for k in range(seg.shape[1])]).amin(0)
     width = col(u(g, n, 0.05, 0.1))
     fg = _colour(g, n)
-    lum_gap = (_v8._luma(fg) - _v8._luma(c1)).abs() < 0.25
+    lum_gap = (drawing.luma(fg) - drawing.luma(c1)).abs() < 0.25
     fg[lum_gap] = (1 - c1[lum_gap]).clamp(0, 1)
-    img = _v8._paint(img, _v8._soft(dist - width, s), fg)
-    return _v8._finish(img, g, 0.03)
+    img = drawing.paint(img, drawing.soft(dist - width, s), fg)
+    return drawing.finish(img, g, 0.03)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -324,7 +324,7 @@ def to_pixels(inputs: Any, image_size: int, mean: tuple, std: tuple, device: tor
     ``uint8`` tensors ``[N, 3, S, S]`` (the generated suites) are scaled to [0, 1] and normalized with ``mean`` /
     ``std``; float tensors are taken as already-normalized pixel values; anything else (images of another size, a
     lazily decoded image list, PIL images) goes through CLIP's preprocessing, resize + centre crop
-    (:func:`tasks._vision_paper.to_pixel_values`).
+    (:func:`tasks.vision_paper.to_pixel_values`).
     """
     if isinstance(inputs, Tensor):
         if inputs.dtype.is_floating_point:
@@ -336,7 +336,7 @@ def to_pixels(inputs: Any, image_size: int, mean: tuple, std: tuple, device: tor
             m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
             sd = torch.tensor(std, device=device).view(1, 3, 1, 1)
             return (x - m) / sd
-    from tasks._vision_paper import to_pixel_values
+    from tasks.vision_paper import to_pixel_values
 
     return to_pixel_values(inputs, image_size, mean, std, device=device)
 
@@ -468,8 +468,8 @@ class ClipOps:
 # The adapter
 
 
-_DRAWING = (_v8._u, _v8._hsv, _v8._grid, _v8._rot, _v8._flat, _v8._paint, _v8._smooth_noise, _v8._shape_sdf,
-            _v8._soft, _v8._warp, _v8._finish, _v8._col)
+_DRAWING = (drawing.uniform, drawing.hsv, drawing.grid, drawing.rotate, drawing.flat, drawing.paint, drawing.smooth_noise, drawing.shape_sdf,
+            drawing.soft, drawing.warp, drawing.finish, drawing.column)
 
 
 def _version(stage: str = "all", model_parts: tuple = (build_encoder, sincos_position_init)) -> str:
@@ -481,7 +481,7 @@ def _version(stage: str = "all", model_parts: tuple = (build_encoder, sincos_pos
     if stage == "heads":
         return code_version(*common, ClipViT._build_heads)
     if stage == "finetune":
-        return code_version(*common, *_DRAWING, _v8._luma, _colour, _figure_bank, _segment_distance,
+        return code_version(*common, *_DRAWING, drawing.luma, _colour, _figure_bank, _segment_distance,
                             generic_mixture, ClipViT._build_finetune, ClipViT._distill_set, ClipViT._pretrained_full)
     return code_version(sys.modules[__name__])
 
@@ -547,11 +547,11 @@ class ClipViT(PreparedBackbone):
     def _prepare_tiny(self) -> None:
         from safetensors.torch import load_file
 
-        self.image_size = self.config.get("image_size", getattr(self.suite, "image_size", None))
+        self.image_size = self.config.get("image_size", self.suite.image_size)
         self.mean, self.std = self.pixel_mean, self.pixel_std
-        if getattr(self.suite, "image_size", None) not in (None, self.image_size):
+        if self.suite.image_size not in (None, self.image_size):
             raise UserError(f"{self.model} ({self.profile}) expects {self.image_size}px images")
-        self.suite_prepare()
+        self.suite.prepare()
         pre_path = self._pretrain()
         self._pretrained = load_file(str(pre_path))
         self.encoder = self.new_encoder()
@@ -569,18 +569,9 @@ class ClipViT(PreparedBackbone):
             self._finetuned[task] = {k: sd[k].float() for k in self.mergeable_names}
             self._checkpoints[f"finetuned/{task}"] = self._cache().sha256(p)
 
-    def suite_prepare(self) -> None:
-        prep = getattr(self.suite, "prepare", None)
-        if callable(prep):
-            prep()
-
-    def _data_key(self) -> str:
-        key = getattr(self.suite, "data_key", None)
-        return key() if callable(key) else f"{type(self.suite).__name__}:{self.profile}"
-
     def _pretrain(self) -> Path:
         r = self.recipe
-        cfg = {"model": self.model, "profile": self.profile, "config": self.config, "data": self._data_key(),
+        cfg = {"model": self.model, "profile": self.profile, "config": self.config, "data": self.suite.data_key(),
                "tasks": self.tasks,
                "recipe": {k: v for k, v in asdict(r).items() if k.startswith("pretrain") or k == "warmup"}}
         entry = self._cache().get_or_build(f"{self.model}/pretrain", cfg, self.seed,
@@ -623,7 +614,7 @@ class ClipViT(PreparedBackbone):
         save_file({k: v.detach().contiguous() for k, v in enc.state_dict().items()}, str(tmp / "pretrained.safetensors"))
 
     def _heads(self, pretrained_sha: str) -> Path:
-        cfg = {"model": self.model, "profile": self.profile, "pretrained": pretrained_sha, "data": self._data_key(),
+        cfg = {"model": self.model, "profile": self.profile, "pretrained": pretrained_sha, "data": self.suite.data_key(),
                "shots": self.recipe.head_shots, "logit_scale": self.recipe.logit_scale, "tasks": self.tasks}
         entry = self._cache().get_or_build(f"{self.model}/heads", cfg, self.seed, _version("heads", self.model_parts()),
                                            self._build_heads)
@@ -653,7 +644,7 @@ class ClipViT(PreparedBackbone):
         r = self.recipe
         cfg = {"model": self.model, "profile": self.profile, "config": self.config,
                "recipe": {k: v for k, v in asdict(r).items() if k.startswith(("finetune", "distill")) or k == "warmup"},
-               "pretrained": pretrained_sha, "heads": heads_sha, "data": self._data_key(), "task": task}
+               "pretrained": pretrained_sha, "heads": heads_sha, "data": self.suite.data_key(), "task": task}
         entry = self._cache().get_or_build(
             f"{self.model}/finetune/{task}", cfg, self.seed, _version("finetune", self.model_parts()),
             lambda tmp: self._build_finetune(task, tmp),

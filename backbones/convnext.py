@@ -121,7 +121,7 @@ class ConvNeXtOps(ClipOps):
             return inputs
         if isinstance(inputs, Tensor) and (inputs.dtype.is_floating_point or tuple(inputs.shape[-2:]) == (bb.image_size,) * 2):
             return inputs  # already-normalized pixels, or images at the encoder's size
-        from tasks._vision_paper import to_pixel_values
+        from tasks.vision_paper import to_pixel_values
 
         x = to_pixel_values(inputs, bb.resize_size, bb.mean, bb.std, device=bb.device)
         top = (x.shape[-2] - bb.image_size) // 2

@@ -115,8 +115,8 @@ from benchmark.cache import code_version
 from benchmark.contract import StateDict
 from benchmark.errors import UserError
 from benchmark.registry import BACKBONES
-from tasks import rf100 as _rf
-from tasks import vision8 as _v8
+from tasks import scenes
+from tasks import drawing
 
 __all__ = ["Detr", "DetrOps", "Detector", "CONFIGS", "RECIPES", "build_detector", "generic_scenes",
            "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -311,30 +311,30 @@ def detection_loss(logits: Tensor, boxes: Tensor, labels: list[dict[str, Tensor]
 
 
 def _bg_generic(g: torch.Generator, n: int, s: int) -> Tensor:
-    yy, xx = _v8._grid(s)
-    c1, c2 = _v8._rand_colour(g, n), _v8._rand_colour(g, n)
+    yy, xx = drawing.grid(s)
+    c1, c2 = drawing.rand_colour(g, n), drawing.rand_colour(g, n)
     kind = torch.randint(3, (n,), generator=g)
-    ang = _v8._col(_v8._u(g, n, 0, 6.3))
-    u, _ = _v8._rot(xx, yy, ang)
-    flat = _v8._flat(c1, s)
-    grad = _v8._paint(flat, ((u + 1) / 2).clamp(0, 1).expand(n, s, s), c2)
-    noise = (flat * (0.5 + _v8._smooth_noise(g, n, s, 4))).clamp(0, 1)
+    ang = drawing.column(drawing.uniform(g, n, 0, 6.3))
+    u, _ = drawing.rotate(xx, yy, ang)
+    flat = drawing.flat(c1, s)
+    grad = drawing.paint(flat, ((u + 1) / 2).clamp(0, 1).expand(n, s, s), c2)
+    noise = (flat * (0.5 + drawing.smooth_noise(g, n, s, 4))).clamp(0, 1)
     return torch.stack([flat, grad, noise], 1)[torch.arange(n), kind]
 
 
 def _draw_generic(g, cls, cx, cy, r, xx, yy, s):
     dx, dy = xx - cx, yy - cy
-    ang = _v8._col(_v8._u(g, len(cls), 0, 6.3))
-    colour = _v8._rand_colour(g, len(cls), s=(0.3, 1.0), v=(0.3, 1.0))
+    ang = drawing.column(drawing.uniform(g, len(cls), 0, 6.3))
+    colour = drawing.rand_colour(g, len(cls), s=(0.3, 1.0), v=(0.3, 1.0))
 
     def fn(c: int, sel: Tensor) -> tuple[Tensor, Tensor]:
-        return _v8._soft(_v8._shape_sdf(GENERIC_CLASSES[c], dx[sel], dy[sel], r[sel], ang[sel]), s), colour[sel]
+        return drawing.soft(drawing.shape_sdf(GENERIC_CLASSES[c], dx[sel], dy[sel], r[sel], ang[sel]), s), colour[sel]
 
-    return [_rf._by_class(cls, len(GENERIC_CLASSES), s, fn)]
+    return [scenes.by_class(cls, len(GENERIC_CLASSES), s, fn)]
 
 
 GENERIC_DOMAINS = [
-    _rf.Domain(GENERIC_CLASSES, grid, count, (0.5, 0.95), _bg_generic, _draw_generic, noise=0.03)
+    scenes.Domain(GENERIC_CLASSES, grid, count, (0.5, 0.95), _bg_generic, _draw_generic, noise=0.03)
     for grid, count in ((1, (1, 1)), (2, (1, 4)), (3, (1, 6)), (4, (2, 10)))
 ]
 
@@ -345,7 +345,7 @@ def generic_scenes(g: torch.Generator, n: int, s: int) -> tuple[Tensor, list[dic
     xs, targets = [], []
     for k, dom in enumerate(GENERIC_DOMAINS):
         m = n // len(GENERIC_DOMAINS) + (1 if k < n % len(GENERIC_DOMAINS) else 0)
-        x, boxes, labels = _rf.render_scenes(g, m, s, dom)
+        x, boxes, labels = scenes.render_scenes(g, m, s, dom)
         xs.append(x)
         targets += [{"boxes": b, "labels": lab} for b, lab in zip(boxes, labels)]
     x = torch.cat(xs)
@@ -372,7 +372,7 @@ def to_batch(inputs: Any, image_size: int | None, mean: tuple, std: tuple, devic
         x = inputs.to(device).float() / 255.0 if inputs.dtype == torch.uint8 else inputs.to(device).float()
         x = (x - m) / sd
         if coords:  # CoordConv: pixel-centre x and y in [-1, 1] as two extra channels
-            yy, xx = _v8._grid(x.shape[-1])
+            yy, xx = drawing.grid(x.shape[-1])
             x = torch.cat([x, xx.expand(len(x), 1, -1, -1).to(x), yy.expand(len(x), 1, -1, -1).to(x)], 1)
         return x, None, [tuple(x.shape[-2:])] * len(x)
     images = [inputs[i] for i in range(len(inputs))]
@@ -486,9 +486,9 @@ def _version(stage: str = "all") -> str:
     """Source of what shapes a cached stage."""
     common = (Detector, detr_config, build_detector, loss_config, query_anchors, AnchorMatcher, detr_labels,
               detection_loss, to_batch, _cosine_lr,
-              _deterministic, _stable_hash, _rf.render_scenes, _rf._by_class, _bg_generic, _draw_generic,
-              generic_scenes, _v8._shape_sdf, _v8._soft, _v8._paint, _v8._rand_colour, _v8._hsv, _v8._smooth_noise,
-              _v8._finish, "GENERIC:" + repr(GENERIC_CLASSES) + repr([(d.grid, d.count, d.size) for d in GENERIC_DOMAINS]))
+              _deterministic, _stable_hash, scenes.render_scenes, scenes.by_class, _bg_generic, _draw_generic,
+              generic_scenes, drawing.shape_sdf, drawing.soft, drawing.paint, drawing.rand_colour, drawing.hsv, drawing.smooth_noise,
+              drawing.finish, "GENERIC:" + repr(GENERIC_CLASSES) + repr([(d.grid, d.count, d.size) for d in GENERIC_DOMAINS]))
     if stage == "pretrain":
         return code_version(*common, Detr._build_pretrain)
     if stage == "heads":
@@ -558,19 +558,13 @@ class Detr(PreparedBackbone):
         self._checkpoints = dict(paper.checkpoints)
 
     # -- tiny / micro profiles
-    def _data_key(self) -> str:
-        key = getattr(self.suite, "data_key", None)
-        return key() if callable(key) else f"{type(self.suite).__name__}:{self.profile}"
-
     def _prepare_tiny(self) -> None:
         from safetensors.torch import load_file
 
         self.image_size = self.config["image_size"]
-        if getattr(self.suite, "image_size", None) not in (None, self.image_size):
+        if self.suite.image_size not in (None, self.image_size):
             raise UserError(f"detr_r50 ({self.profile}) expects {self.image_size}px images")
-        prep = getattr(self.suite, "prepare", None)
-        if callable(prep):
-            prep()
+        self.suite.prepare()
         pre_path = self._stage("pretrain", {}, self._build_pretrain) / "pretrained.safetensors"
         sd = load_file(str(pre_path))
         self.detector, _, self.detr_config = build_detector(self.config)
@@ -598,7 +592,7 @@ class Detr(PreparedBackbone):
         cfg = {"model": self.model, "profile": self.profile, "config": self.config, "recipe": recipe,
                "tasks": self.tasks, **extra}
         if stage != "pretrain":
-            cfg["data"] = self._data_key()
+            cfg["data"] = self.suite.data_key()
         return self._cache().get_or_build(f"{self.model}/{name or stage}", cfg, self.seed, _version(stage), build)
 
     def _pixels(self, x: Tensor) -> Tensor:

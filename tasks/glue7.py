@@ -3,7 +3,7 @@ and X), in two forms.
 
 paper
     GLUE CoLA, SST-2, MRPC, QQP, MNLI, QNLI, RTE, read with HF ``datasets`` from local files
-    (:func:`tasks._glue_paper.load_glue_task`). GLUE's test labels are hidden, so -- as DARE, EMR-Merging,
+    (:func:`tasks.glue_paper.load_glue_task`). GLUE's test labels are hidden, so -- as DARE, EMR-Merging,
     FusionBench and the papers do -- our ``test`` split is GLUE's *validation* split (``validation_matched`` for
     MNLI), our ``val`` split is a seeded 10 % of GLUE's train split (at most 1000 examples, DARE's rule) and
     ``train`` is the rest. Inputs are lists of ``(text_a, text_b | None)`` pairs; the backbone tokenizes them.
@@ -51,18 +51,16 @@ Metrics (as the papers report them): Matthews correlation x100 for CoLA / accept
 from __future__ import annotations
 
 import random
-import sys
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from benchmark.cache import Cache, code_version
-from benchmark.contract import Metric, Suite, TaskData
+from benchmark.contract import Metric, TaskData
 from benchmark.errors import UserError
 from benchmark.registry import SUITES
+from tasks.generated import GeneratedSuite
 from tasks.metrics import Accuracy
 from tasks.nlu_metrics import MatthewsCorrelation
 
@@ -455,9 +453,6 @@ def generic_sentences(n: int, seq_len: int, seed: int) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # The suite
 
-_MEMO: dict[tuple[str, str], dict[str, Tensor]] = {}
-_MEMO_LOCK = threading.Lock()
-
 
 @SUITES.register(
     "glue7",
@@ -465,20 +460,12 @@ _MEMO_LOCK = threading.Lock()
     "generated offline look-alikes (acceptability, sentiment, paraphrase, duplicate, nli, answerability, entailment)",
     paper="Wang et al. 2019 (GLUE); auto-flexswitch.txt Sec. IV-A3, Tables IX-X (MCC for CoLA, accuracy otherwise)",
 )
-class Glue7(Suite):
+class Glue7(GeneratedSuite):
     modality = "text"
-
-    def __init__(self, profile: str, seed: int = 0, cache: Any = None, progress: bool = True,
-                 data_root: str | None = None):
-        super().__init__(profile, seed, cache, progress)
-        self.data_root = data_root
-        if profile != "paper" and profile not in PROFILE_SIZES:
-            raise UserError(f"suite glue7 has no profile {profile!r}; valid: paper, {', '.join(PROFILE_SIZES)}")
-        self._paper: dict[tuple[str, str], TaskData] = {}
-
-    @property
-    def tasks(self) -> list[str]:
-        return list(PAPER_TASKS if self.profile == "paper" else TINY_TASKS)
+    paper_tasks = tuple(PAPER_TASKS)
+    tiny_tasks = tuple(TINY_TASKS)
+    profile_sizes = PROFILE_SIZES
+    pad_id, cls_id, sep_id, mask_id = PAD_ID, CLS_ID, SEP_ID, MASK_ID
 
     # -- what the backbone needs to know (generated profiles)
     @property
@@ -487,90 +474,42 @@ class Glue7(Suite):
 
     @property
     def seq_len(self) -> int | None:
-        return None if self.profile == "paper" else PROFILE_SIZES[self.profile]["seq_len"]
-
-    pad_id, cls_id, sep_id, mask_id = PAD_ID, CLS_ID, SEP_ID, MASK_ID
-
-    def config(self) -> dict[str, Any]:
-        return {"profile": self.profile, "tasks": self.tasks, **PROFILE_SIZES.get(self.profile, {})}
-
-    @property
-    def version(self) -> str:
-        return code_version(sys.modules[__name__])
-
-    def data_key(self) -> str:
-        if self.profile == "paper":
-            return f"paper:{self.data_root or ''}"
-        from benchmark.cache import config_key
-
-        return config_key("glue7", self.config(), self.seed, self.version)
-
-    def classnames(self, task: str) -> list[str]:
-        self._check(task, "train")
-        if self.profile == "paper":
-            from tasks._glue_paper import GLUE_CLASSES
-
-            return list(GLUE_CLASSES[task])
-        return list(GENERATORS[task][1])
+        return None if self.profile == "paper" else self.sizes["seq_len"]
 
     def generic(self, n: int, seed: int) -> Tensor:
         """Generic inputs of the language that belong to no task (generated profiles only)."""
         if self.profile == "paper":
             raise UserError("glue7 (paper) has no generated generic sentences")
-        return generic_sentences(n, PROFILE_SIZES[self.profile]["seq_len"], seed)
+        return generic_sentences(n, self.sizes["seq_len"], seed)
 
     # -- data
-    def _check(self, task: str, split: str) -> None:
-        if task not in self.tasks:
-            raise UserError(f"suite glue7 ({self.profile}) has no task {task!r}; valid: {', '.join(self.tasks)}")
-        if split not in SPLITS:
-            raise UserError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    def generate(self, task: str, split: str) -> dict[str, Tensor]:
+        x, y, _ = generate_task(task, split, self.sizes[split], self.sizes["seq_len"], self.seed)
+        return {"inputs": x, "targets": y}
 
-    def prepare(self) -> Path | None:
-        if self.profile == "paper":
-            return None
-        cache = self.cache if self.cache is not None else Cache()
-        sizes = PROFILE_SIZES[self.profile]
+    def write_extra(self, entry: Path) -> None:
+        (entry / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
 
-        def build(tmp: Path) -> None:
-            from safetensors.torch import save_file
+    def tiny_classnames(self, task: str) -> list[str]:
+        return list(GENERATORS[task][1])
 
-            for task in TINY_TASKS:
-                tensors = {}
-                for split in SPLITS:
-                    x, y, _ = generate_task(task, split, sizes[split], sizes["seq_len"], self.seed)
-                    tensors[f"{split}/inputs"], tensors[f"{split}/targets"] = x, y
-                save_file(tensors, str(tmp / f"{task}.safetensors"))
-            (tmp / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    def paper_classnames(self, task: str) -> list[str]:
+        from tasks.glue_paper import GLUE_CLASSES
 
-        return cache.get_or_build("glue7", self.config(), self.seed, self.version, build)
+        return list(GLUE_CLASSES[task])
 
-    def _tensors(self, task: str) -> dict[str, Tensor]:
-        entry = self.prepare()
-        assert entry is not None
-        key = (str(entry), task)
-        with _MEMO_LOCK:
-            if key not in _MEMO:
-                from safetensors.torch import load_file
+    def load_paper(self, task: str, split: str) -> TaskData:
+        from tasks.glue_paper import load_glue_task
 
-                _MEMO[key] = load_file(str(entry / f"{task}.safetensors"))
-            return _MEMO[key]
+        return load_glue_task(task, split, data_root=self.data_root)
 
-    def load(self, task: str, split: str) -> TaskData:
-        self._check(task, split)
-        if self.profile == "paper":
-            if (task, split) not in self._paper:
-                from tasks._glue_paper import load_glue_task
-
-                self._paper[(task, split)] = load_glue_task(task, split, data_root=self.data_root)
-            return self._paper[(task, split)]
-        t = self._tensors(task)
-        return TaskData(inputs=t[f"{split}/inputs"], targets=t[f"{split}/targets"], classes=list(GENERATORS[task][1]),
-                        meta={"task": task, "split": split, "profile": self.profile, "generated": True,
-                              "pad_id": PAD_ID})
+    def task_data(self, task: str, split: str, tensors: dict[str, Tensor]) -> TaskData:
+        data = super().task_data(task, split, tensors)
+        data.meta["pad_id"] = PAD_ID
+        return data
 
     def metric(self, task: str) -> Metric:
-        self._check(task, "test")
+        self.check(task, "test")
         return MatthewsCorrelation() if task in MCC_TASKS else Accuracy()
 
 
