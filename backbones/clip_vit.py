@@ -61,19 +61,18 @@ visual projection).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones._base import DEVICE_ENV_VAR, PreparedBackbone  # noqa: F401  (DEVICE_ENV_VAR: re-exported)
+from backbones._base import DEVICE_ENV_VAR, BaseOps, PreparedBackbone  # noqa: F401  (DEVICE_ENV_VAR: re-exported)
+from backbones._tiny import EpochSampler, TinyBuild, cosine_lr, deterministic, fit, stable_hash
 from benchmark.cache import code_version
 from benchmark.contract import StateDict
 from benchmark.errors import UserError
@@ -195,23 +194,6 @@ def sincos_position_init(encoder: ImageEncoder) -> None:
     with torch.no_grad():
         emb.position_embedding.weight.zero_()
         emb.position_embedding.weight[1:, : pe.shape[1]] = pe
-
-
-def _cosine_lr(step: int, total: int, warmup: float) -> float:
-    w = max(1, int(total * warmup))
-    if step < w:
-        return (step + 1) / w
-    return 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
-
-
-@contextlib.contextmanager
-def _deterministic() -> Iterator[None]:
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(prev)
 
 
 def augment(x: Tensor, g: torch.Generator, min_area: float = 0.5) -> Tensor:
@@ -341,66 +323,13 @@ def to_pixels(inputs: Any, image_size: int, mean: tuple, std: tuple, device: tor
     return to_pixel_values(inputs, image_size, mean, std, device=device)
 
 
-def _stable_hash(text: str) -> int:
-    return zlib.crc32(text.encode())
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # ModelOps
 
 
-class ClipOps:
-    """Data-dependent access to the CLIP adapter (:class:`benchmark.contract.ModelOps`)."""
-
-    def __init__(self, backbone: "ClipViT"):
-        self.bb = backbone
-        self._moved: tuple[tuple, dict[str, Tensor]] | None = None
-
-    # -- data
-    def exemplars(self, task: str, n: int, seed: int) -> Any:
-        """``n`` unlabeled train inputs of ``task``, seeded (no labels)."""
-        data = self.bb.suite.load(task, "train")
-        g = torch.Generator().manual_seed(seed * 1_000_003 + _stable_hash(task))
-        idx = torch.randperm(len(data), generator=g)[: min(n, len(data))]
-        return self.slice(data.inputs, idx)
-
-    def test_inputs(self, task: str, n: int | None, seed: int) -> Any:
-        """Up to ``n`` unlabeled test inputs of ``task`` (all when None), in a seeded random order."""
-        data = self.bb.suite.load(task, "test")
-        g = torch.Generator().manual_seed(seed * 1_000_003 + _stable_hash(task) + 1)
-        idx = torch.randperm(len(data), generator=g)
-        if n is not None:
-            idx = idx[: min(n, len(data))]
-        return self.slice(data.inputs, idx)
-
-    def num_examples(self, inputs: Any) -> int:
-        return int(inputs.shape[0]) if isinstance(inputs, Tensor) else len(inputs)
-
-    def slice(self, inputs: Any, index: Tensor | slice) -> Any:
-        if isinstance(inputs, Tensor):
-            return inputs[index]
-        if isinstance(index, Tensor) and index.dtype == torch.bool:
-            index = index.nonzero().flatten()
-        if isinstance(inputs, (list, tuple)):
-            if isinstance(index, slice):
-                return list(inputs[index])
-            return [inputs[i] for i in torch.as_tensor(index).tolist()]
-        return inputs[index]  # ImageList and friends slice lazily
-
-    # -- model
-    def _weights(self, weights: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
-        if weights is None:
-            return None
-        dev = self.bb.device
-        if dev.type == "cpu":
-            return dict(weights)
-        key = tuple((k, id(v), v._version) for k, v in weights.items())
-        if self._moved is not None and self._moved[0] == key:
-            return self._moved[1]
-        moved = {k: v.to(dev) for k, v in weights.items()}
-        if not any(v.requires_grad for v in weights.values()):
-            self._moved = (key, moved)
-        return moved
+class ClipOps(BaseOps):
+    """Data-dependent access to the CLIP adapter (:class:`benchmark.contract.ModelOps`); data access is
+    :class:`~backbones._base.BaseOps`'."""
 
     def _embed(self, weights: Mapping[str, Tensor] | None, inputs: Any) -> Tensor:
         bb = self.bb
@@ -444,24 +373,7 @@ class ClipOps:
 
     def linear_inputs(self, weights: StateDict | None, inputs: Any) -> dict[str, Tensor]:
         """Inputs ``[N, d_in]`` of every ``nn.Linear`` whose weight is mergeable, keyed by the weight's name."""
-        out: dict[str, Tensor] = {}
-        handles = []
-        mergeable = set(self.bb.mergeable_names)
-        for mod_name, mod in self.bb.encoder.named_modules():
-            wname = f"{mod_name}.weight" if mod_name else "weight"
-            if isinstance(mod, nn.Linear) and wname in mergeable:
-
-                def hook(_m: nn.Module, args: tuple, _out: Any, wname: str = wname) -> None:
-                    x = args[0]
-                    out[wname] = x.reshape(-1, x.shape[-1])
-
-                handles.append(mod.register_forward_hook(hook))
-        try:
-            self._embed(weights, inputs)
-        finally:
-            for h in handles:
-                h.remove()
-        return out
+        return self.capture_linear_inputs(self.bb.encoder, lambda: self._embed(weights, inputs))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -475,18 +387,18 @@ _DRAWING = (drawing.uniform, drawing.hsv, drawing.grid, drawing.rotate, drawing.
 def _version(stage: str = "all", model_parts: tuple = (build_encoder, sincos_position_init)) -> str:
     """Source of what shapes a cached stage (so editing, say, the fine-tuning loop keeps the pretrained model).
     ``model_parts``: the functions that build and initialize the encoder (a subclass adapter passes its own)."""
-    common = (ImageEncoder, *model_parts, to_pixels, _cosine_lr, _deterministic, _stable_hash)
+    common = (ImageEncoder, *model_parts, to_pixels, cosine_lr, deterministic, stable_hash, fit, TinyBuild)
     if stage == "pretrain":
         return code_version(*common, augment, ClipViT._build_pretrain)
     if stage == "heads":
         return code_version(*common, ClipViT._build_heads)
     if stage == "finetune":
         return code_version(*common, *_DRAWING, drawing.luma, _colour, _figure_bank, _segment_distance,
-                            generic_mixture, ClipViT._build_finetune, ClipViT._distill_set, ClipViT._pretrained_full)
+                            generic_mixture, EpochSampler, ClipViT._build_finetune, ClipViT._distill_set, ClipViT._pretrained_full)
     return code_version(sys.modules[__name__])
 
 
-class ClipViT(PreparedBackbone):
+class ClipViT(TinyBuild, PreparedBackbone):
     """See the module docstring. ``model`` is set by the registered subclasses.
 
     The tiny/micro machinery (label-free pretraining, prototype heads, preservation fine-tuning, ModelOps) only
@@ -543,44 +455,36 @@ class ClipViT(PreparedBackbone):
         self.heads = {t: paper.heads[t].detach().float().to(self.device) for t in self.tasks}
         self._checkpoints = dict(paper.checkpoints)
 
-    # -- tiny / micro profiles
-    def _prepare_tiny(self) -> None:
-        from safetensors.torch import load_file
-
+    # -- tiny / micro profiles (the stages of backbones._tiny.TinyBuild)
+    def check_suite(self) -> None:
         self.image_size = self.config.get("image_size", self.suite.image_size)
         self.mean, self.std = self.pixel_mean, self.pixel_std
         if self.suite.image_size not in (None, self.image_size):
             raise UserError(f"{self.model} ({self.profile}) expects {self.image_size}px images")
-        self.suite.prepare()
-        pre_path = self._pretrain()
-        self._pretrained = load_file(str(pre_path))
-        self.encoder = self.new_encoder()
-        self.encoder.load_state_dict(self._pretrained, strict=True)
-        self.mergeable_names = [n for n, _ in self.encoder.named_parameters()]
-        self._pretrained = {k: self._pretrained[k].float() for k in self.mergeable_names}
-        self._checkpoints["pretrained"] = self._cache().sha256(pre_path)
-        heads_path = self._heads(self._checkpoints["pretrained"])
-        heads = load_file(str(heads_path))
-        self.heads = {t: heads[t].float() for t in self.tasks}
-        self._checkpoints["heads"] = self._cache().sha256(heads_path)
-        for task in self.tasks:
-            p = self._finetune(task, self._checkpoints["pretrained"], self._checkpoints["heads"])
-            sd = load_file(str(p))
-            self._finetuned[task] = {k: sd[k].float() for k in self.mergeable_names}
-            self._checkpoints[f"finetuned/{task}"] = self._cache().sha256(p)
 
-    def _pretrain(self) -> Path:
+    def stage_config(self, stage: str) -> dict[str, Any]:
         r = self.recipe
         cfg = {"model": self.model, "profile": self.profile, "config": self.config, "data": self.suite.data_key(),
-               "tasks": self.tasks,
-               "recipe": {k: v for k, v in asdict(r).items() if k.startswith("pretrain") or k == "warmup"}}
-        entry = self._cache().get_or_build(f"{self.model}/pretrain", cfg, self.seed,
-                                           _version("pretrain", self.model_parts()), self._build_pretrain)
-        return entry / "pretrained.safetensors"
+               "tasks": self.tasks}
+        if stage == "heads":
+            return {**cfg, "shots": r.head_shots, "logit_scale": r.logit_scale}
+        prefixes = ("pretrain",) if stage == "pretrain" else ("finetune", "distill")
+        return {**cfg, "recipe": {k: v for k, v in asdict(r).items() if k.startswith(prefixes) or k == "warmup"}}
+
+    def stage_version(self, stage: str) -> str:
+        return _version(stage, self.model_parts())
+
+    def load_pretrained(self, state: dict[str, Tensor]) -> None:
+        self.encoder = self.new_encoder()
+        self.encoder.load_state_dict(state, strict=True)
+        self.mergeable_names = [n for n, _ in self.encoder.named_parameters()]
+        self._pretrained = {k: state[k].float() for k in self.mergeable_names}
+
+    def load_heads(self, flat: dict[str, Tensor]) -> dict[str, Any]:
+        return {t: flat[t].float() for t in self.tasks}
 
     def _build_pretrain(self, tmp: Path) -> None:
         from safetensors.torch import save_file
-        from tqdm.auto import tqdm
 
         r = self.recipe
         # the unlabeled union of the tasks' train images; their labels are never read
@@ -590,35 +494,22 @@ class ClipViT(PreparedBackbone):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + 101)
         torch.manual_seed(self.seed)
         enc = self.new_encoder(init=True)
-        opt = torch.optim.AdamW(enc.parameters(), lr=r.pretrain_lr, weight_decay=0.05)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: _cosine_lr(st, r.pretrain_steps, r.warmup))
         n = r.pretrain_batch
         # view i's positive is view i + n (and back); a view is never its own negative
         positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+
+        def step_loss() -> Tensor:
+            x = images[torch.randint(len(images), (n,), generator=g)]
+            views = (torch.cat([augment(x, g), augment(x, g)]) - mean) / std
+            z = F.normalize(enc(views), dim=-1)
+            sim = (z @ z.T / r.pretrain_temperature).fill_diagonal_(float("-inf"))
+            return F.cross_entropy(sim, positives)
+
         enc.train()
-        with _deterministic():
-            bar = tqdm(range(r.pretrain_steps), desc=f"pretrain {self.model} ({self.profile})", unit="step",
-                       disable=not self.progress, leave=False)
-            for _step in bar:
-                x = images[torch.randint(len(images), (n,), generator=g)]
-                views = (torch.cat([augment(x, g), augment(x, g)]) - mean) / std
-                z = F.normalize(enc(views), dim=-1)
-                sim = (z @ z.T / r.pretrain_temperature).fill_diagonal_(float("-inf"))
-                loss = F.cross_entropy(sim, positives)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        fit(enc.parameters(), step_loss, steps=r.pretrain_steps, lr=r.pretrain_lr, weight_decay=0.05, warmup=r.warmup,
+            desc=f"pretrain {self.model} ({self.profile})", progress=self.progress)
         enc.eval()
         save_file({k: v.detach().contiguous() for k, v in enc.state_dict().items()}, str(tmp / "pretrained.safetensors"))
-
-    def _heads(self, pretrained_sha: str) -> Path:
-        cfg = {"model": self.model, "profile": self.profile, "pretrained": pretrained_sha, "data": self.suite.data_key(),
-               "shots": self.recipe.head_shots, "logit_scale": self.recipe.logit_scale, "tasks": self.tasks}
-        entry = self._cache().get_or_build(f"{self.model}/heads", cfg, self.seed, _version("heads", self.model_parts()),
-                                           self._build_heads)
-        return entry / "heads.safetensors"
 
     def _build_heads(self, tmp: Path) -> None:
         from safetensors.torch import save_file
@@ -629,7 +520,7 @@ class ClipViT(PreparedBackbone):
             for task in self.tasks:
                 data = self.suite.load(task, "train")
                 n_cls = len(data.classes or []) or int(data.targets.max()) + 1
-                g = torch.Generator().manual_seed(self.seed * 1_000_003 + _stable_hash(task) + 7)
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + stable_hash(task) + 7)
                 protos = []
                 for c in range(n_cls):
                     cand = (data.targets == c).nonzero().flatten()
@@ -640,20 +531,8 @@ class ClipViT(PreparedBackbone):
                 out[task] = (torch.stack(protos) * r.logit_scale).contiguous()
         save_file(out, str(tmp / "heads.safetensors"))
 
-    def _finetune(self, task: str, pretrained_sha: str, heads_sha: str) -> Path:
-        r = self.recipe
-        cfg = {"model": self.model, "profile": self.profile, "config": self.config,
-               "recipe": {k: v for k, v in asdict(r).items() if k.startswith(("finetune", "distill")) or k == "warmup"},
-               "pretrained": pretrained_sha, "heads": heads_sha, "data": self.suite.data_key(), "task": task}
-        entry = self._cache().get_or_build(
-            f"{self.model}/finetune/{task}", cfg, self.seed, _version("finetune", self.model_parts()),
-            lambda tmp: self._build_finetune(task, tmp),
-        )
-        return entry / "finetuned.safetensors"
-
     def _build_finetune(self, task: str, tmp: Path) -> None:
         from safetensors.torch import save_file
-        from tqdm.auto import tqdm
 
         r = self.recipe
         data = self.suite.load(task, "train")
@@ -661,33 +540,25 @@ class ClipViT(PreparedBackbone):
         y = data.targets
         head = self.heads[task].detach()
         generic, anchor = self._distill_set()
-        torch.manual_seed(self.seed * 1_000_003 + _stable_hash(task))
+        torch.manual_seed(self.seed * 1_000_003 + stable_hash(task))
         enc = self.new_encoder()
         enc.load_state_dict(self._pretrained_full(), strict=True)
-        opt = torch.optim.AdamW(enc.parameters(), lr=r.finetune_lr, weight_decay=r.finetune_wd)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: _cosine_lr(st, r.finetune_steps, r.warmup))
-        order = torch.Generator().manual_seed(self.seed * 1_000_003 + _stable_hash(task) + 3)
-        perm, pos = torch.randperm(len(y), generator=order), 0
+        order = torch.Generator().manual_seed(self.seed * 1_000_003 + stable_hash(task) + 3)
+        batches = EpochSampler(len(y), r.finetune_batch, order)
+
+        def step_loss() -> Tensor:
+            idx = batches.next()
+            logits = F.normalize(enc(pix[idx]), dim=-1) @ head.T
+            loss = F.cross_entropy(logits, y[idx])
+            if r.distill_weight:
+                j = torch.randint(len(generic), (r.distill_batch,), generator=order)
+                drift = 1 - (F.normalize(enc(generic[j]), dim=-1) * anchor[j]).sum(-1)
+                loss = loss + r.distill_weight * drift.mean()
+            return loss
+
         enc.train()
-        with _deterministic():
-            bar = tqdm(range(r.finetune_steps), desc=f"fine-tune {self.model} on {task}", unit="step",
-                       disable=not self.progress, leave=False)
-            for _step in bar:
-                if pos + r.finetune_batch > len(perm):
-                    perm, pos = torch.randperm(len(y), generator=order), 0
-                idx = perm[pos : pos + r.finetune_batch]
-                pos += r.finetune_batch
-                logits = F.normalize(enc(pix[idx]), dim=-1) @ head.T
-                loss = F.cross_entropy(logits, y[idx])
-                if r.distill_weight:
-                    j = torch.randint(len(generic), (r.distill_batch,), generator=order)
-                    drift = 1 - (F.normalize(enc(generic[j]), dim=-1) * anchor[j]).sum(-1)
-                    loss = loss + r.distill_weight * drift.mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        fit(enc.parameters(), step_loss, steps=r.finetune_steps, lr=r.finetune_lr, weight_decay=r.finetune_wd,
+            warmup=r.warmup, desc=f"fine-tune {self.model} on {task}", progress=self.progress)
         enc.eval()
         save_file({k: v.detach().contiguous() for k, v in enc.state_dict().items()}, str(tmp / "finetuned.safetensors"))
 

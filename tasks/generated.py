@@ -66,6 +66,16 @@ class GeneratedSuite(Suite):
         """The generated profile's sizes (empty for ``paper``)."""
         return dict(self.profile_sizes.get(self.profile, {}))
 
+    @property
+    def image_size(self) -> int | None:  # type: ignore[override]
+        """Side of the generated images (None for the paper data, whose sizes vary, and for text)."""
+        return self.sizes.get("image_size")
+
+    @property
+    def seq_len(self) -> int | None:  # type: ignore[override]
+        """Length of the generated token sequences (None for the paper data and for images)."""
+        return self.sizes.get("seq_len")
+
     def config(self) -> dict[str, Any]:
         """What the generated data depends on, besides the seed and :attr:`version`."""
         return {"profile": self.profile, "tasks": self.tasks, **self.sizes}

@@ -472,10 +472,6 @@ class Glue7(GeneratedSuite):
     def vocab(self) -> list[str] | None:
         return None if self.profile == "paper" else list(VOCAB)
 
-    @property
-    def seq_len(self) -> int | None:
-        return None if self.profile == "paper" else self.sizes["seq_len"]
-
     def generic(self, n: int, seed: int) -> Tensor:
         """Generic inputs of the language that belong to no task (generated profiles only)."""
         if self.profile == "paper":

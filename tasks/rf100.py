@@ -388,10 +388,6 @@ class RF100(GeneratedSuite):
     tiny_tasks = tuple(TINY_TASKS)
     profile_sizes = PROFILE_SIZES
 
-    @property
-    def image_size(self) -> int | None:
-        return None if self.profile == "paper" else self.sizes["image_size"]
-
     def generate(self, task: str, split: str) -> dict[str, Tensor]:
         x, targets = generate_task(task, split, self.sizes[split], self.sizes["image_size"], self.seed)
         return {"inputs": x, **pack_targets(targets)}

@@ -429,11 +429,6 @@ class Vision8(GeneratedSuite):
     tiny_tasks = tuple(TINY_TASKS)
     profile_sizes = PROFILE_SIZES
 
-    @property
-    def image_size(self) -> int | None:
-        """Side of the generated images (None for the paper data, whose sizes vary)."""
-        return None if self.profile == "paper" else self.sizes["image_size"]
-
     def generate(self, task: str, split: str) -> dict[str, Tensor]:
         x, y, _ = generate_task(task, split, self.sizes[split], self.sizes["image_size"], self.seed)
         return {"inputs": x, "targets": y}

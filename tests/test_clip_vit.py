@@ -201,9 +201,9 @@ def test_every_recipe_field_reaches_a_cache_key(bb, monkeypatch):
             m.setitem(cv.RECIPES, "micro", recipe)
             m.setattr(Cache, "get_or_build", spy)
             b = _make("clip_vit_b32", bb.cache)
-            b._pretrain()
-            b._heads("p")
-            b._finetune("digits", "p", "h")
+            b.stage_file("pretrain")
+            b.stage_file("heads", "p")
+            b.stage_file("finetune", "p", "h", "digits")
         return seen
 
     base = cv.RECIPES["micro"]
@@ -218,7 +218,7 @@ def test_every_recipe_field_reaches_a_cache_key(bb, monkeypatch):
 def test_pretraining_is_deterministic(bb, tmp_path):
     """A fresh cache rebuilds a bit-identical pretrained checkpoint."""
     fresh = _make("clip_vit_b32", Cache(tmp_path))
-    path = fresh._pretrain()
+    path = fresh.stage_file("pretrain")
     assert sha256_file(path) == bb.checkpoints()["pretrained"]
 
 

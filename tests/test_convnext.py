@@ -135,9 +135,9 @@ def test_every_recipe_and_config_field_reaches_a_cache_key(bb, monkeypatch):
             m.setitem(cx.CONFIGS, "micro", config)
             m.setattr(Cache, "get_or_build", spy)
             b = _make(bb.cache)
-            b._pretrain()
-            b._heads("p")
-            b._finetune("digits", "p", "h")
+            b.stage_file("pretrain")
+            b.stage_file("heads", "p")
+            b.stage_file("finetune", "p", "h", "digits")
         return seen
 
     base_r, base_c = cx.RECIPES["micro"], cx.CONFIGS["micro"]
