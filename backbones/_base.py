@@ -49,13 +49,17 @@ class PreparedBackbone(Backbone):
         self._checkpoints: dict[str, str] = {}
         self.mergeable_names: list[str] = []
 
-    @property
-    def configs(self) -> dict[str, dict[str, Any]]:
-        raise NotImplementedError
+    #: model config and build recipe per generated profile (a subclass sets them, or overrides the properties)
+    configs: ClassVar[dict[str, dict[str, Any]]] = {}
+    recipes: ClassVar[dict[str, Any]] = {}
 
     @property
     def config(self) -> dict[str, Any]:
         return dict(self.configs[self.profile])
+
+    @property
+    def recipe(self) -> Any:
+        return self.recipes[self.profile]
 
     def _cache(self) -> Cache:
         return self.cache if self.cache is not None else Cache()

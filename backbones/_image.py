@@ -254,11 +254,7 @@ class ImageBackbone(TinyBuild, PreparedBackbone):
         self._distill: tuple[Tensor, Tensor] | None = None
         self.encoder: nn.Module
 
-    # -- what an image adapter supplies
-    @property
-    def recipe(self) -> Recipe:
-        raise NotImplementedError
-
+    # -- what an image adapter supplies (and configs, recipes)
     def new_encoder(self, init: bool = False) -> nn.Module:
         """A fresh encoder at this profile's config; ``init=True`` for the one pretraining starts from."""
         raise NotImplementedError

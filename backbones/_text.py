@@ -225,8 +225,6 @@ class TextBackbone(TinyBuild, PreparedBackbone):
     model: str = ""
     lm: str = "mlm"
     ops_class = TextOps
-    configs: dict[str, dict[str, Any]] = {}
-    recipes: dict[str, TextRecipe] = {}
 
     def __init__(self, profile: str, suite: Any, seed: int = 0, cache: Any = None, progress: bool = True):
         super().__init__(profile, suite, seed, cache, progress)
@@ -250,11 +248,6 @@ class TextBackbone(TinyBuild, PreparedBackbone):
         import contextlib
 
         return contextlib.nullcontext()
-
-    # -- configuration
-    @property
-    def recipe(self) -> TextRecipe:
-        return self.recipes[self.profile]
 
     def versions(self) -> dict[str, str]:
         return {self.model: _version("all", self.model_parts())}

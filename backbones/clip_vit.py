@@ -211,6 +211,7 @@ class ClipViT(ImageBackbone):
     ops_class = ClipOps
     pixel_mean: tuple = OPENAI_MEAN
     pixel_std: tuple = OPENAI_STD
+    recipes = RECIPES
 
     @property
     def configs(self) -> dict[str, dict[str, Any]]:
@@ -227,11 +228,6 @@ class ClipViT(ImageBackbone):
     def model_parts(self) -> tuple:
         """The functions :meth:`new_encoder` runs (their source is part of every cached stage's key)."""
         return (ImageEncoder, build_encoder, sincos_position_init)
-
-    # -- configuration
-    @property
-    def recipe(self) -> Recipe:
-        return RECIPES[self.profile]
 
     # -- paper profile
     def _prepare_paper(self) -> None:

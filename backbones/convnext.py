@@ -153,19 +153,13 @@ class ConvNeXt(ImageBackbone):
     ops_class = ConvNeXtOps
     pixel_mean = IMAGENET_MEAN
     pixel_std = IMAGENET_STD
+    configs = CONFIGS
+    recipes = RECIPES
 
     def __init__(self, profile: str, suite: Any, seed: int = 0, cache: Any = None, progress: bool = True):
         super().__init__(profile, suite, seed, cache, progress)
         self.head_bias: dict[str, Tensor] = {}  # paper: the classifiers' biases; tiny: none (prototype heads)
         self.resize_size: int | None = None  # paper: ConvNeXt resizes to image_size / crop_pct before the crop
-
-    @property
-    def configs(self) -> dict[str, dict[str, Any]]:
-        return CONFIGS
-
-    @property
-    def recipe(self) -> Recipe:
-        return RECIPES[self.profile]
 
     def new_encoder(self, init: bool = False) -> nn.Module:
         return build_convnext_encoder(self.config)  # transformers' own ConvNeXt init (trunc. normal, std 0.02)

@@ -493,6 +493,8 @@ class Detr(TinyBuild, PreparedBackbone):
                        "transformers.loss.loss_for_object_detection")
     module_attr = "detector"
     ops_class = DetrOps
+    configs = CONFIGS
+    recipes = RECIPES
 
     def __init__(self, profile: str, suite: Any, seed: int = 0, cache: Any = None, progress: bool = True):
         super().__init__(profile, suite, seed, cache, progress)
@@ -503,14 +505,6 @@ class Detr(TinyBuild, PreparedBackbone):
         self.image_size: int | None = None
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self.coords = profile != "paper" and bool(CONFIGS[profile].get("coord_channels"))
-
-    @property
-    def configs(self) -> dict[str, dict[str, Any]]:
-        return CONFIGS
-
-    @property
-    def recipe(self) -> Recipe:
-        return RECIPES[self.profile]
 
     def _after_prepare(self) -> None:
         self.heads = {t: (w.to(self.device), b.to(self.device)) for t, (w, b) in self.heads.items()}

@@ -16,14 +16,16 @@ A subclass sets :attr:`paper_tasks`, :attr:`tiny_tasks`, :attr:`profile_sizes` a
 :meth:`tiny_classnames`, :meth:`load_paper` and :meth:`metric`; it may override :meth:`task_data` (how the stored
 tensors become a :class:`~benchmark.contract.TaskData`), :meth:`paper_classnames` and :meth:`write_extra`.
 
-The data's version is the source of the subclass's module and of this one (:func:`benchmark.cache.code_version`):
-editing a generator, or the file layout here, changes every key, so a stale entry is never read back.
+The data's version is the source of the subclass's module, of this one and of the primitive modules the subclass
+names in :attr:`~GeneratedSuite.sources` (:func:`benchmark.cache.code_version`): editing a generator, a primitive
+or the file layout here changes every key, so a stale entry is never read back.
 """
 from __future__ import annotations
 
 import sys
 import threading
 from pathlib import Path
+from types import ModuleType
 from typing import Any, ClassVar
 
 from torch import Tensor
@@ -46,6 +48,9 @@ class GeneratedSuite(Suite):
     tiny_tasks: ClassVar[tuple[str, ...]] = ()
     #: per generated profile: the images / sequences per split and the generator's size parameters
     profile_sizes: ClassVar[dict[str, dict[str, int]]] = {}
+    #: the modules besides the suite's own whose source shapes the generated data (its drawing or grammar
+    #: primitives): part of :attr:`version`, so editing a primitive never reads back a stale entry
+    sources: ClassVar[tuple[ModuleType, ...]] = ()
 
     def __init__(self, profile: str, seed: int = 0, cache: Any = None, progress: bool = True,
                  data_root: str | None = None):
@@ -82,7 +87,7 @@ class GeneratedSuite(Suite):
 
     @property
     def version(self) -> str:
-        return code_version(sys.modules[type(self).__module__], sys.modules[__name__])
+        return code_version(sys.modules[type(self).__module__], sys.modules[__name__], *self.sources)
 
     def data_key(self) -> str:
         if self.profile == "paper":

@@ -40,7 +40,7 @@ tiny (default) and micro
     :data:`PAD_ID`. The vocabulary is word-level and built from the grammar (:func:`vocabulary`, 162 tokens; ids
     are the same for every seed). ``tiny``: 2000 train, 200 val, 500 test per task, ``L = 32``; ``micro``: a few
     dozen per split. Generated data is cached (:class:`benchmark.cache.Cache`,
-    keyed by profile, sizes, seed and this module's source).
+    keyed by profile, sizes, seed and the source of this module and of :mod:`tasks.generated`).
 
     :func:`generic_sentences` draws "generic" inputs from the same language that belong to no task (random
     sentences, questions and unrelated pairs): the backbones' fine-tuning keeps their embeddings fixed.
@@ -298,6 +298,7 @@ class Glue7(GeneratedSuite):
     paper_tasks = tuple(PAPER_TASKS)
     tiny_tasks = tuple(TINY_TASKS)
     profile_sizes = PROFILE_SIZES
+    sources = (gr,)
     pad_id, cls_id, sep_id, mask_id = PAD_ID, CLS_ID, SEP_ID, MASK_ID
 
     # -- what the backbone needs to know (generated profiles)

@@ -30,7 +30,7 @@ tiny (default) and micro
     overlap, and each object's box is the tight box of its rendered mask (mask > 0.5). ``tiny`` renders 64x64
     images (800 train, 64 val, 200 test per domain), ``micro`` the same generators at 32x32 with a few dozen images
     per split, for tests. Every split comes from its own seeded stream; data is cached
-    (:class:`benchmark.cache.Cache`, keyed by profile, sizes, seed and the source of this module) as one
+    (:class:`benchmark.cache.Cache`, keyed by profile, sizes, seed and the sources of this module and :mod:`tasks.generated`) as one
     safetensors file per domain.
 
 Targets (both profiles): one dict per image, ``{"boxes": float32 [m, 4], "labels": int64 [m], "image_id": int}``,
@@ -52,6 +52,7 @@ from torch import Tensor
 from benchmark.contract import Metric, TaskData
 from benchmark.registry import SUITES
 from tasks import drawing as dr
+from tasks import scenes
 from tasks.generated import GeneratedSuite
 from tasks.scenes import Domain, by_class, render_scenes
 from tasks.detection_metrics import MeanAP50
@@ -387,6 +388,7 @@ class RF100(GeneratedSuite):
     paper_tasks = tuple(PAPER_TASKS)
     tiny_tasks = tuple(TINY_TASKS)
     profile_sizes = PROFILE_SIZES
+    sources = (dr, scenes)
 
     def generate(self, task: str, split: str) -> dict[str, Tensor]:
         x, targets = generate_task(task, split, self.sizes[split], self.sizes["image_size"], self.seed)

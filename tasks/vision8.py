@@ -32,7 +32,7 @@ tiny (default) and micro
     (train / val / test), so no test digit is ever seen in training. Every split is generated from its own seeded
     stream. ``tiny`` renders 32x32 images (2400 train, 200 val, 500 test per task); ``micro`` renders the same
     generators at 16x16 with a few dozen images per split, for tests. Generated data is cached
-    (:class:`benchmark.cache.Cache`, keyed by profile, sizes, seed and the source of this module) as one
+    (:class:`benchmark.cache.Cache`, keyed by profile, sizes, seed and the sources of this module and :mod:`tasks.generated`) as one
     safetensors file per task holding ``uint8 [N, 3, S, S]`` images and ``int64`` labels.
 
 ``metric(task)`` is top-1 :class:`~tasks.metrics.Accuracy` for every task, as in the papers.
@@ -428,6 +428,7 @@ class Vision8(GeneratedSuite):
     paper_tasks = tuple(PAPER_TASKS)
     tiny_tasks = tuple(TINY_TASKS)
     profile_sizes = PROFILE_SIZES
+    sources = (dr,)
 
     def generate(self, task: str, split: str) -> dict[str, Tensor]:
         x, y, _ = generate_task(task, split, self.sizes[split], self.sizes["image_size"], self.seed)
