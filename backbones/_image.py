@@ -223,10 +223,6 @@ class ImageOps(BaseOps):
 # The adapter base
 
 
-_DRAWING = (drawing.uniform, drawing.hsv, drawing.grid, drawing.rotate, drawing.flat, drawing.paint, drawing.smooth_noise, drawing.shape_sdf,
-            drawing.soft, drawing.warp, drawing.finish, drawing.column)
-
-
 def _version(stage: str, model_parts: tuple) -> str:
     """Source of what shapes a cached stage (so editing, say, the fine-tuning loop keeps the pretrained model).
     ``model_parts``: the classes and functions that build and initialize the adapter's encoder."""
@@ -236,9 +232,10 @@ def _version(stage: str, model_parts: tuple) -> str:
     if stage == "heads":
         return code_version(*common, ImageBackbone._build_heads)
     if stage == "finetune":
-        return code_version(*common, *_DRAWING, drawing.luma, _colour, _figure_bank, _segment_distance,
-                            generic_mixture, EpochSampler, ImageBackbone._build_finetune, ImageBackbone._distill_set, ImageBackbone._pretrained_full)
-    return code_version(sys.modules[__name__], *model_parts)
+        # the generic images are drawn with the drawing primitives: their whole module is part of the key
+        return code_version(*common, drawing, _colour, _figure_bank, _segment_distance, generic_mixture, EpochSampler,
+                            ImageBackbone._build_finetune, ImageBackbone._distill_set, ImageBackbone._pretrained_full)
+    raise ValueError(f"no stage {stage!r}")
 
 
 class ImageBackbone(TinyBuild, PreparedBackbone):

@@ -464,9 +464,10 @@ def _version(stage: str = "all") -> str:
     """Source of what shapes a cached stage."""
     common = (Detector, detr_config, build_detector, loss_config, query_anchors, AnchorMatcher, detr_labels,
               detection_loss, to_batch, cosine_lr,
-              deterministic, stable_hash, fit, TinyBuild, Detr.check_suite, Detr.load_pretrained, scenes.render_scenes, scenes.by_class, _bg_generic, _draw_generic,
-              generic_scenes, drawing.shape_sdf, drawing.soft, drawing.paint, drawing.rand_colour, drawing.hsv, drawing.smooth_noise,
-              drawing.finish, "GENERIC:" + repr(GENERIC_CLASSES) + repr([(d.grid, d.count, d.size) for d in GENERIC_DOMAINS]))
+              deterministic, stable_hash, fit, TinyBuild, Detr.check_suite, Detr.load_pretrained,
+              # the generic scenes are drawn with the scene and drawing primitives: their whole modules count
+              scenes, drawing, _bg_generic, _draw_generic, generic_scenes,
+              "GENERIC:" + repr(GENERIC_CLASSES) + repr([(d.grid, d.count, d.size) for d in GENERIC_DOMAINS]))
     if stage == "pretrain":
         return code_version(*common, Detr._build_pretrain)
     if stage == "heads":
