@@ -1,5 +1,6 @@
 """What every adapter in this folder shares: the device choice, the cache, preparing once, the Backbone API's
-accessors (states, checkpoints, heads), batching and the ModelOps object.
+accessors (states, checkpoints, heads), batching and the ModelOps object, whose data access and per-layer input
+capture are :class:`BaseOps`'.
 
 A subclass sets :attr:`model`, :attr:`module_attr` (the attribute holding the ``nn.Module`` whose parameters are
 the mergeable tensors) and :attr:`ops_class`, provides :attr:`configs` (model config per generated profile) and
@@ -9,16 +10,18 @@ implements ``_prepare_paper`` / ``_prepare_tiny``, which fill ``_pretrained``, `
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 import torch
+from torch import Tensor, nn
 
 from benchmark.cache import Cache
 from benchmark.contract import Backbone, StateDict
 from benchmark.errors import UserError
 from benchmark.lazy_state import LazyState
+from backbones._tiny import stable_hash
 
-__all__ = ["PreparedBackbone", "DEVICE_ENV_VAR"]
+__all__ = ["PreparedBackbone", "BaseOps", "DEVICE_ENV_VAR"]
 
 #: where the models run (``cpu``, ``cuda``, ``cuda:1``); default: CUDA for the paper profile when there is one
 DEVICE_ENV_VAR = "MERGE_BENCH_DEVICE"
@@ -46,13 +49,17 @@ class PreparedBackbone(Backbone):
         self._checkpoints: dict[str, str] = {}
         self.mergeable_names: list[str] = []
 
-    @property
-    def configs(self) -> dict[str, dict[str, Any]]:
-        raise NotImplementedError
+    #: model config and build recipe per generated profile (a subclass sets them, or overrides the properties)
+    configs: ClassVar[dict[str, dict[str, Any]]] = {}
+    recipes: ClassVar[dict[str, Any]] = {}
 
     @property
     def config(self) -> dict[str, Any]:
         return dict(self.configs[self.profile])
+
+    @property
+    def recipe(self) -> Any:
+        return self.recipes[self.profile]
 
     def _cache(self) -> Cache:
         return self.cache if self.cache is not None else Cache()
@@ -127,3 +134,85 @@ class PreparedBackbone(Backbone):
         if self._ops is None:
             self._ops = self.ops_class(self)
         return self._ops
+
+
+class BaseOps:
+    """The model-independent part of every adapter's :class:`benchmark.contract.ModelOps`: seeded exemplar and test
+    draws, slicing of every input form the adapters take (tensors, lists of images or text pairs, lazily decoded
+    image lists), moving a weight set to the device once, and capturing the inputs of the mergeable linear layers
+    (RegMean, Fisher, Twin). An adapter's ops add the forward passes (``features``, ``logits``, ...)."""
+
+    def __init__(self, backbone: Any):
+        self.bb = backbone
+        self._moved: tuple[tuple, dict[str, Tensor]] | None = None
+
+    # -- data
+    def exemplars(self, task: str, n: int, seed: int) -> Any:
+        """``n`` unlabeled train inputs of ``task``, seeded (no labels)."""
+        data = self.bb.suite.load(task, "train")
+        g = torch.Generator().manual_seed(seed * 1_000_003 + stable_hash(task))
+        idx = torch.randperm(len(data), generator=g)[: min(n, len(data))]
+        return self.slice(data.inputs, idx)
+
+    def test_inputs(self, task: str, n: int | None, seed: int) -> Any:
+        """Up to ``n`` unlabeled test inputs of ``task`` (all when None), in a seeded random order."""
+        data = self.bb.suite.load(task, "test")
+        g = torch.Generator().manual_seed(seed * 1_000_003 + stable_hash(task) + 1)
+        idx = torch.randperm(len(data), generator=g)
+        if n is not None:
+            idx = idx[: min(n, len(data))]
+        return self.slice(data.inputs, idx)
+
+    def num_examples(self, inputs: Any) -> int:
+        return int(inputs.shape[0]) if isinstance(inputs, Tensor) else len(inputs)
+
+    def slice(self, inputs: Any, index: Tensor | slice) -> Any:
+        if isinstance(inputs, Tensor):
+            return inputs[index]
+        if isinstance(index, Tensor) and index.dtype == torch.bool:
+            index = index.nonzero().flatten()
+        if isinstance(inputs, (list, tuple)):
+            if isinstance(index, slice):
+                return list(inputs[index])
+            return [inputs[i] for i in torch.as_tensor(index).tolist()]
+        return inputs[index]  # ImageList and friends slice lazily
+
+    # -- model
+    def _weights(self, weights: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
+        if weights is None:
+            return None
+        dev = self.bb.device
+        if dev.type == "cpu":
+            return dict(weights)
+        # a routed or merged weight set is reused for many batches: move it once, unless it is being trained
+        key = tuple((k, id(v), v._version) for k, v in weights.items())
+        if self._moved is not None and self._moved[0] == key:
+            return self._moved[1]
+        moved = {k: v.to(dev) for k, v in weights.items()}
+        if not any(v.requires_grad for v in weights.values()):
+            self._moved = (key, moved)
+        return moved
+
+    def capture_linear_inputs(self, module: nn.Module, run: Callable[[], Any],
+                              rows: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+        """Inputs ``[N, d_in]`` of every ``nn.Linear`` in ``module`` whose weight is mergeable, keyed by the weight's
+        name, recorded while ``run()`` does one forward; ``rows`` picks the rows that count (the text adapters drop
+        pads)."""
+        out: dict[str, Tensor] = {}
+        handles = []
+        mergeable = set(self.bb.mergeable_names)
+        for mod_name, mod in module.named_modules():
+            wname = f"{mod_name}.weight" if mod_name else "weight"
+            if isinstance(mod, nn.Linear) and wname in mergeable:
+
+                def hook(_m: nn.Module, args: tuple, _out: Any, wname: str = wname) -> None:
+                    x = args[0] if rows is None else rows(args[0])
+                    out[wname] = x.reshape(-1, x.shape[-1])
+
+                handles.append(mod.register_forward_hook(hook))
+        try:
+            run()
+        finally:
+            for h in handles:
+                h.remove()
+        return out

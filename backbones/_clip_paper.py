@@ -51,7 +51,7 @@ Two checkpoint formats (``source``):
     (network or HF cache).
 
 Zero-shot heads (both sources): for each class, the normalized text embeddings of every template
-(:func:`tasks._vision_paper.clip_templates`) are averaged and renormalized, stacked to ``[C, e]`` and multiplied by
+(:func:`tasks.vision_paper.clip_templates`) are averaged and renormalized, stacked to ``[C, e]`` and multiplied by
 CLIP's ``exp(logit_scale)``. Logits are ``normalize(encoder(x)) @ head.T`` (:meth:`PaperCLIP.logits`): the head
 expects L2-normalized image embeddings, as in CLIP, task_vectors and FusionBench.
 
@@ -78,7 +78,7 @@ from benchmark.cache import sha256_file
 from benchmark.errors import UserError
 from benchmark.lazy_state import LazyState, cached_state
 from backbones.clip_vit import ImageEncoder
-from tasks._vision_paper import DATASETS, TemplateSource, clip_templates
+from tasks.vision_paper import DATASETS, TemplateSource, clip_templates
 
 __all__ = [
     "MODELS_ENV_VAR",
@@ -661,7 +661,7 @@ def load_clip_paper(
     ``classnames[task]``: the class names the zero-shot heads are built from (in label order). ``root`` (default
     ``$MERGE_BENCH_MODELS``): where checkpoints are looked for first. ``source``: ``"hf"`` or ``"open_clip"``.
     ``templates``: ``"merge-bench"``, ``"fusion_bench"`` or ``{task: [templates]}`` (see
-    :func:`tasks._vision_paper.clip_templates`). ``allow_pickle``: unpickle task_vectors' original (pickled)
+    :func:`tasks.vision_paper.clip_templates`). ``allow_pickle``: unpickle task_vectors' original (pickled)
     checkpoints -- only for files you trust. ``device``: where the text tower runs while building the heads.
     ``cache`` (a :class:`benchmark.cache.Cache`): convert each fine-tuned checkpoint once into it and return the
     fine-tuned states as :class:`~benchmark.lazy_state.LazyState` s (read one tensor at a time, never all in RAM);

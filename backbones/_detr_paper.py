@@ -13,8 +13,8 @@ Checkpoints
 * fine-tuned: **no public per-domain checkpoints exist** (the paper trains its own: AdamW, batch 64, lr 1e-5
   backbone / 1e-4 rest, 15000 steps per domain). Each must be a local ``save_pretrained`` directory of a
   ``DetrForObjectDetection`` fine-tuned from ``facebook/detr-resnet-50`` on that domain, at
-  ``<root>/detr-resnet-50_rf100/<domain>`` (``<domain>`` as in :data:`tasks._rf100_paper.DOMAINS`), with
-  ``num_labels`` = the domain's class count in the order of :func:`tasks._rf100_paper.class_categories`.
+  ``<root>/detr-resnet-50_rf100/<domain>`` (``<domain>`` as in :data:`tasks.rf100_paper.DOMAINS`), with
+  ``num_labels`` = the domain's class count in the order of :func:`tasks.rf100_paper.class_categories`.
 
 ``root`` is the ``root=`` argument or ``$MERGE_BENCH_MODELS``. Missing checkpoints raise one
 :class:`~benchmark.errors.UserError` naming all of them.

@@ -50,7 +50,7 @@ tiny / micro (in-house, cached)
        weight 1, Individual 72.9, Weight Averaging 58.5, Task Arithmetic (0.3) 62.5, and pairwise task-vector
        cosines fell from 0.66 to 0.17.
 
-ModelOps (:class:`TextOps`, a :class:`backbones.clip_vit.ClipOps` for text): inputs are ``int64 [N, L]`` token ids
+ModelOps (:class:`TextOps`, on :class:`backbones._base.BaseOps`): inputs are ``int64 [N, L]`` token ids
 right-padded with the suite's pad id (generated profiles) or lists of ``(text_a, text_b | None)`` pairs (paper),
 which the adapter's tokenizer encodes. ``features`` (f_ex) is the pooled embedding; ``linear_inputs`` hooks every
 ``nn.Linear`` whose weight is mergeable and keeps the rows of real (non-pad) tokens only.
@@ -66,8 +66,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones._base import PreparedBackbone
-from backbones.clip_vit import ClipOps, _cosine_lr, _deterministic, _stable_hash
+from backbones._base import BaseOps, PreparedBackbone
+from backbones._tiny import EpochSampler, TinyBuild, cosine_lr, deterministic, fit, stable_hash
 from benchmark.cache import code_version
 from benchmark.contract import StateDict
 from benchmark.errors import UserError
@@ -162,9 +162,9 @@ def mask_tokens(ids: Tensor, real: Tensor, share: float, mask_id: int, g: torch.
 # ModelOps
 
 
-class TextOps(ClipOps):
+class TextOps(BaseOps):
     """Data-dependent access to a text adapter (:class:`benchmark.contract.ModelOps`). ``exemplars``,
-    ``test_inputs``, ``num_examples`` and ``slice`` are :class:`~backbones.clip_vit.ClipOps`'s (token-id tensors
+    ``test_inputs``, ``num_examples`` and ``slice`` are :class:`~backbones._base.BaseOps`' (token-id tensors
     and lists of text pairs slice the same way as image tensors and image lists)."""
 
     bb: "TextBackbone"
@@ -194,26 +194,11 @@ class TextOps(ClipOps):
         keyed by the weight's name. Weights used without calling their module (Mamba's ``dt_proj``) are absent."""
         ids, mask = self.bb.tokens(inputs)
         keep = mask.bool()
-        out: dict[str, Tensor] = {}
-        handles = []
-        mergeable = set(self.bb.mergeable_names)
-        for mod_name, mod in self.bb.encoder.named_modules():
-            wname = f"{mod_name}.weight" if mod_name else "weight"
-            if isinstance(mod, nn.Linear) and wname in mergeable:
 
-                def hook(_m: nn.Module, args: tuple, _out: Any, wname: str = wname) -> None:
-                    x = args[0]
-                    if x.ndim == 3 and tuple(x.shape[:2]) == tuple(keep.shape):
-                        x = x[keep]
-                    out[wname] = x.reshape(-1, x.shape[-1])
+        def real_tokens(x: Tensor) -> Tensor:
+            return x[keep] if x.ndim == 3 and tuple(x.shape[:2]) == tuple(keep.shape) else x
 
-                handles.append(mod.register_forward_hook(hook))
-        try:
-            self._call(weights, ids, mask)
-        finally:
-            for h in handles:
-                h.remove()
-        return out
+        return self.capture_linear_inputs(self.bb.encoder, lambda: self._call(weights, ids, mask), real_tokens)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -222,26 +207,24 @@ class TextOps(ClipOps):
 
 def _version(stage: str, parts: tuple) -> str:
     """Source of what shapes a cached stage; ``parts``: the subclass's model-building functions."""
-    common = (TextEncoder, *parts, _cosine_lr, _deterministic, _stable_hash, TextBackbone.tokens,
-              TextBackbone._prepare_tiny)
+    common = (TextEncoder, *parts, cosine_lr, deterministic, stable_hash, fit, TinyBuild, TextBackbone.tokens,
+              TextBackbone.check_suite, TextBackbone.load_pretrained)
     if stage == "pretrain":
         return code_version(*common, mask_tokens, TextBackbone._build_pretrain, TextBackbone._lm_loss)
     if stage == "heads":
         return code_version(*common, TextBackbone._build_heads, apply_head)
     if stage == "finetune":
-        return code_version(*common, apply_head, TextBackbone._build_finetune, TextBackbone._distill_set)
+        return code_version(*common, apply_head, EpochSampler, TextBackbone._build_finetune, TextBackbone._distill_set)
     return code_version(sys.modules[__name__], *parts)
 
 
-class TextBackbone(PreparedBackbone):
+class TextBackbone(TinyBuild, PreparedBackbone):
     """See the module docstring. Subclasses set :attr:`model`, :attr:`configs`, :attr:`recipes`, :attr:`lm`
     (``"mlm"`` / ``"clm"``) and implement :meth:`new_encoder`, :meth:`model_parts` and :meth:`_load_paper`."""
 
     model: str = ""
     lm: str = "mlm"
     ops_class = TextOps
-    configs: dict[str, dict[str, Any]] = {}
-    recipes: dict[str, TextRecipe] = {}
 
     def __init__(self, profile: str, suite: Any, seed: int = 0, cache: Any = None, progress: bool = True):
         super().__init__(profile, suite, seed, cache, progress)
@@ -265,11 +248,6 @@ class TextBackbone(PreparedBackbone):
         import contextlib
 
         return contextlib.nullcontext()
-
-    # -- configuration
-    @property
-    def recipe(self) -> TextRecipe:
-        return self.recipes[self.profile]
 
     def versions(self) -> dict[str, str]:
         return {self.model: _version("all", self.model_parts())}
@@ -312,48 +290,32 @@ class TextBackbone(PreparedBackbone):
                       for t in self.tasks}
         self._checkpoints = dict(paper.checkpoints)
 
-    # -- tiny / micro profiles
-    def _data_key(self) -> str:
-        key = getattr(self.suite, "data_key", None)
-        return key() if callable(key) else f"{type(self.suite).__name__}:{self.profile}"
-
-    def _prepare_tiny(self) -> None:
-        from safetensors.torch import load_file
-
-        if getattr(self.suite, "vocab", None) is None:
+    # -- tiny / micro profiles (the stages of backbones._tiny.TinyBuild)
+    def check_suite(self) -> None:
+        if self.suite.vocab is None:
             raise UserError(f"{self.model} ({self.profile}) needs a generated suite with a vocabulary")
-        prep = getattr(self.suite, "prepare", None)
-        if callable(prep):
-            prep()
         self.pad_id = int(self.suite.pad_id)
-        pre_path = self._pretrain()
-        state = load_file(str(pre_path))
+
+    def stage_config(self, stage: str) -> dict[str, Any]:
+        prefixes = {"pretrain": ("pretrain",), "heads": ("head",), "finetune": ("finetune", "distill")}[stage]
+        return {"model": self.model, "profile": self.profile, "config": self.config, "data": self.suite.data_key(),
+                "tasks": self.tasks, "lm": self.lm,
+                "recipe": {k: v for k, v in asdict(self.recipe).items()
+                           if k.startswith(prefixes) or (k == "warmup" and stage != "heads")}}
+
+    def stage_version(self, stage: str) -> str:
+        return _version(stage, self.model_parts())
+
+    def load_pretrained(self, state: dict[str, Tensor]) -> None:
         self.encoder = self.new_encoder(len(self.suite.vocab))
         self.encoder.load_state_dict(state, strict=True)
         self.encoder.eval()  # no dropout while the heads and the preservation anchors are computed
         self.mergeable_names = [n for n, _ in self.encoder.named_parameters()]
         self._pretrained = {k: state[k].float() for k in self.mergeable_names}
-        self._checkpoints["pretrained"] = self._cache().sha256(pre_path)
-        heads_path = self._heads(self._checkpoints["pretrained"])
-        flat = load_file(str(heads_path))
-        self.heads = {t: {k.split("/", 1)[1]: v.float() for k, v in flat.items() if k.split("/", 1)[0] == t}
-                      for t in self.tasks}
-        self._checkpoints["heads"] = self._cache().sha256(heads_path)
-        for task in self.tasks:
-            p = self._finetune(task, self._checkpoints["pretrained"], self._checkpoints["heads"])
-            sd = load_file(str(p))
-            self._finetuned[task] = {k: sd[k].float() for k in self.mergeable_names}
-            self._checkpoints[f"finetuned/{task}"] = self._cache().sha256(p)
 
-    def _stage_cfg(self, prefixes: tuple[str, ...]) -> dict[str, Any]:
-        return {"model": self.model, "profile": self.profile, "config": self.config, "data": self._data_key(),
-                "tasks": self.tasks, "lm": self.lm,
-                "recipe": {k: v for k, v in asdict(self.recipe).items() if k.startswith(prefixes) or k == "warmup"}}
-
-    def _pretrain(self) -> Path:
-        entry = self._cache().get_or_build(f"{self.model}/pretrain", self._stage_cfg(("pretrain",)), self.seed,
-                                           _version("pretrain", self.model_parts()), self._build_pretrain)
-        return entry / "pretrained.safetensors"
+    def load_heads(self, flat: dict[str, Tensor]) -> dict[str, Any]:
+        return {t: {k.split("/", 1)[1]: v.float() for k, v in flat.items() if k.split("/", 1)[0] == t}
+                for t in self.tasks}
 
     def _lm_loss(self, enc: TextEncoder, hidden: Tensor, ids: Tensor, view: Tensor, picked: Tensor,
                  mask: Tensor) -> Tensor:
@@ -368,7 +330,6 @@ class TextBackbone(PreparedBackbone):
 
     def _build_pretrain(self, tmp: Path) -> None:
         from safetensors.torch import save_file
-        from tqdm.auto import tqdm
 
         r = self.recipe
         # the unlabeled union of the tasks' train inputs; their labels are never read
@@ -376,42 +337,29 @@ class TextBackbone(PreparedBackbone):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + 101)
         torch.manual_seed(self.seed)
         enc = self.new_encoder(len(self.suite.vocab))
-        opt = torch.optim.AdamW(enc.parameters(), lr=r.pretrain_lr, weight_decay=0.01)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: _cosine_lr(st, r.pretrain_steps, r.warmup))
         n = r.pretrain_batch
         positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+
+        def step_loss() -> Tensor:
+            ids, mask = self.tokens(data[torch.randint(len(data), (n,), generator=g)])
+            ids, mask = ids.cpu(), mask.cpu()
+            v1, p1 = mask_tokens(ids, mask.bool(), r.pretrain_mask, self.suite.mask_id, g)
+            v2, p2 = mask_tokens(ids, mask.bool(), r.pretrain_mask, self.suite.mask_id, g)
+            views, picked = torch.cat([v1, v2]), torch.cat([p1, p2])
+            ids2, mask2 = torch.cat([ids, ids]), torch.cat([mask, mask])
+            hidden = enc.hidden(views, mask2)
+            z = F.normalize(enc.pool(hidden, mask2), dim=-1)
+            sim = (z @ z.T / r.pretrain_temperature).fill_diagonal_(float("-inf"))
+            loss = F.cross_entropy(sim, positives)
+            if r.pretrain_lm_weight:
+                loss = loss + r.pretrain_lm_weight * self._lm_loss(enc, hidden, ids2, views, picked, mask2)
+            return loss
+
         enc.train()
-        with _deterministic(), self.forward_context():
-            bar = tqdm(range(r.pretrain_steps), desc=f"pretrain {self.model} ({self.profile})", unit="step",
-                       disable=not self.progress, leave=False)
-            for _step in bar:
-                ids, mask = self.tokens(data[torch.randint(len(data), (n,), generator=g)])
-                ids, mask = ids.cpu(), mask.cpu()
-                v1, p1 = mask_tokens(ids, mask.bool(), r.pretrain_mask, self.suite.mask_id, g)
-                v2, p2 = mask_tokens(ids, mask.bool(), r.pretrain_mask, self.suite.mask_id, g)
-                views, picked = torch.cat([v1, v2]), torch.cat([p1, p2])
-                ids2, mask2 = torch.cat([ids, ids]), torch.cat([mask, mask])
-                hidden = enc.hidden(views, mask2)
-                z = F.normalize(enc.pool(hidden, mask2), dim=-1)
-                sim = (z @ z.T / r.pretrain_temperature).fill_diagonal_(float("-inf"))
-                loss = F.cross_entropy(sim, positives)
-                if r.pretrain_lm_weight:
-                    loss = loss + r.pretrain_lm_weight * self._lm_loss(enc, hidden, ids2, views, picked, mask2)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        fit(enc.parameters(), step_loss, steps=r.pretrain_steps, lr=r.pretrain_lr, weight_decay=0.01, warmup=r.warmup,
+            desc=f"pretrain {self.model} ({self.profile})", progress=self.progress, context=self.forward_context())
         enc.eval()
         save_file({k: v.detach().contiguous() for k, v in enc.state_dict().items()}, str(tmp / "pretrained.safetensors"))
-
-    def _heads(self, pretrained_sha: str) -> Path:
-        r = self.recipe
-        cfg = {"model": self.model, "profile": self.profile, "pretrained": pretrained_sha, "data": self._data_key(),
-               "recipe": {k: v for k, v in asdict(r).items() if k.startswith("head")}, "tasks": self.tasks}
-        entry = self._cache().get_or_build(f"{self.model}/heads", cfg, self.seed,
-                                           _version("heads", self.model_parts()), self._build_heads)
-        return entry / "heads.safetensors"
 
     def _build_heads(self, tmp: Path) -> None:
         from safetensors.torch import save_file
@@ -422,7 +370,7 @@ class TextBackbone(PreparedBackbone):
             for task in self.tasks:
                 data = self.suite.load(task, "train")
                 n_cls = len(data.classes or []) or int(data.targets.max()) + 1
-                g = torch.Generator().manual_seed(self.seed * 1_000_003 + _stable_hash(task) + 7)
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + stable_hash(task) + 7)
                 pick = torch.cat([(data.targets == c).nonzero().flatten()[
                     torch.randperm(int((data.targets == c).sum()), generator=g)[: r.head_shots]] for c in range(n_cls)])
                 with torch.no_grad():
@@ -441,52 +389,36 @@ class TextBackbone(PreparedBackbone):
                 out[f"{task}/probe.bias"] = b.detach().contiguous()
         save_file(out, str(tmp / "heads.safetensors"))
 
-    def _finetune(self, task: str, pretrained_sha: str, heads_sha: str) -> Path:
-        cfg = {**self._stage_cfg(("finetune", "distill")), "pretrained": pretrained_sha, "heads": heads_sha,
-               "task": task}
-        entry = self._cache().get_or_build(f"{self.model}/finetune/{task}", cfg, self.seed,
-                                           _version("finetune", self.model_parts()),
-                                           lambda tmp: self._build_finetune(task, tmp))
-        return entry / "finetuned.safetensors"
-
     def _build_finetune(self, task: str, tmp: Path) -> None:
         from safetensors.torch import save_file
-        from tqdm.auto import tqdm
 
         r = self.recipe
         data = self.suite.load(task, "train")
         x, y = data.inputs, data.targets
         head = {k: v.detach().cpu() for k, v in self.heads[task].items()}
         gen_ids, gen_mask, anchor = self._distill_set()
-        torch.manual_seed(self.seed * 1_000_003 + _stable_hash(task))
+        torch.manual_seed(self.seed * 1_000_003 + stable_hash(task))
         enc = self.new_encoder(len(self.suite.vocab))
         enc.load_state_dict({k: v.detach().clone() for k, v in self.encoder.state_dict().items()}, strict=True)
-        opt = torch.optim.AdamW(enc.parameters(), lr=r.finetune_lr, weight_decay=r.finetune_wd)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: _cosine_lr(st, r.finetune_steps, r.warmup))
-        order = torch.Generator().manual_seed(self.seed * 1_000_003 + _stable_hash(task) + 3)
-        perm, pos = torch.randperm(len(y), generator=order), 0
+        order = torch.Generator().manual_seed(self.seed * 1_000_003 + stable_hash(task) + 3)
+        batches = EpochSampler(len(y), r.finetune_batch, order)
+
+        def step_loss() -> Tensor:
+            idx = batches.next()
+            ids, mask = self.tokens(x[idx])
+            loss = F.cross_entropy(apply_head(head, enc(ids.cpu(), mask.cpu())), y[idx])
+            if r.distill_weight:
+                j = torch.randint(len(gen_ids), (r.distill_batch,), generator=order)
+                gi, gm = gen_ids[j], gen_mask[j]
+                width = int(gm.sum(1).max())
+                drift = 1 - (F.normalize(enc(gi[:, :width], gm[:, :width]), dim=-1) * anchor[j]).sum(-1)
+                loss = loss + r.distill_weight * drift.mean()
+            return loss
+
         enc.train()
-        with _deterministic(), self.forward_context():
-            bar = tqdm(range(r.finetune_steps), desc=f"fine-tune {self.model} on {task}", unit="step",
-                       disable=not self.progress, leave=False)
-            for _step in bar:
-                if pos + r.finetune_batch > len(perm):
-                    perm, pos = torch.randperm(len(y), generator=order), 0
-                idx = perm[pos : pos + r.finetune_batch]
-                pos += r.finetune_batch
-                ids, mask = self.tokens(x[idx])
-                loss = F.cross_entropy(apply_head(head, enc(ids.cpu(), mask.cpu())), y[idx])
-                if r.distill_weight:
-                    j = torch.randint(len(gen_ids), (r.distill_batch,), generator=order)
-                    gi, gm = gen_ids[j], gen_mask[j]
-                    width = int(gm.sum(1).max())
-                    drift = 1 - (F.normalize(enc(gi[:, :width], gm[:, :width]), dim=-1) * anchor[j]).sum(-1)
-                    loss = loss + r.distill_weight * drift.mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        fit(enc.parameters(), step_loss, steps=r.finetune_steps, lr=r.finetune_lr, weight_decay=r.finetune_wd,
+            warmup=r.warmup, desc=f"fine-tune {self.model} on {task}", progress=self.progress,
+            context=self.forward_context())
         enc.eval()
         save_file({k: v.detach().contiguous() for k, v in enc.state_dict().items()}, str(tmp / "finetuned.safetensors"))
 

@@ -61,24 +61,16 @@ visual projection).
 """
 from __future__ import annotations
 
-import contextlib
-import math
-import sys
-import zlib
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones._base import DEVICE_ENV_VAR, PreparedBackbone  # noqa: F401  (DEVICE_ENV_VAR: re-exported)
-from benchmark.cache import code_version
+from backbones._base import DEVICE_ENV_VAR  # noqa: F401  (re-exported)
+from backbones._image import ImageBackbone, ImageOps, Recipe, generic_mixture, to_pixels  # noqa: F401  (re-exported)
 from benchmark.contract import StateDict
 from benchmark.errors import UserError
 from benchmark.registry import BACKBONES
-from tasks import vision8 as _v8
 
 __all__ = ["ClipViT", "ClipOps", "CONFIGS", "RECIPES", "ImageEncoder", "generic_mixture", "OPENAI_MEAN", "OPENAI_STD"]
 
@@ -100,26 +92,6 @@ CONFIGS: dict[str, dict[str, dict[str, int]]] = {
                       num_attention_heads=2, projection_dim=16),
     },
 }
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How the in-house checkpoints are made (part of every cache key)."""
-
-    pretrain_steps: int
-    pretrain_batch: int  # images per step (two augmented views each)
-    pretrain_lr: float
-    finetune_steps: int
-    finetune_batch: int
-    finetune_lr: float
-    finetune_wd: float
-    head_shots: int  # labeled train images per class for the frozen prototype heads
-    logit_scale: float
-    distill_images: int  # size of the generic mixture the fine-tuning keeps the pretrained embeddings on
-    distill_batch: int
-    distill_weight: float  # beta of the embedding-preservation term (0: plain fine-tuning)
-    pretrain_temperature: float = 0.2  # InfoNCE temperature
-    warmup: float = 0.1  # fraction of steps with a linear warm-up
 
 
 RECIPES: dict[str, Recipe] = {
@@ -197,229 +169,19 @@ def sincos_position_init(encoder: ImageEncoder) -> None:
         emb.position_embedding.weight[1:, : pe.shape[1]] = pe
 
 
-def _cosine_lr(step: int, total: int, warmup: float) -> float:
-    w = max(1, int(total * warmup))
-    if step < w:
-        return (step + 1) / w
-    return 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
-
-
-@contextlib.contextmanager
-def _deterministic() -> Iterator[None]:
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(prev)
-
-
-def augment(x: Tensor, g: torch.Generator, min_area: float = 0.5) -> Tensor:
-    """One random view of ``x`` (float images in [0, 1], ``[N, 3, S, S]``), as SimCLR's (Chen et al. 2020)
-    pipeline at 32 px: a random resized crop (area ``min_area``-1, aspect 0.82-1.22, reflected at the border),
-    brightness and contrast jitter of +-20%, grey scale with probability 0.1 and a little pixel noise. No flips
-    and no hue changes: digits and signs are not mirror-symmetric, and land cover is told apart by colour."""
-    n = len(x)
-    area = torch.sqrt(torch.rand(n, generator=g) * (1 - min_area) + min_area)
-    aspect = torch.exp((torch.rand(n, generator=g) - 0.5) * 0.4)
-    sx, sy = area * aspect.sqrt(), area / aspect.sqrt()
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 1, 1] = sx, sy
-    theta[:, 0, 2] = (torch.rand(n, generator=g) * 2 - 1) * (1 - sx)
-    theta[:, 1, 2] = (torch.rand(n, generator=g) * 2 - 1) * (1 - sy)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    bright = 1 + (torch.rand(n, 1, 1, 1, generator=g) - 0.5) * 0.4
-    contrast = 1 + (torch.rand(n, 1, 1, 1, generator=g) - 0.5) * 0.4
-    mu = x.mean((1, 2, 3), keepdim=True)
-    x = ((x - mu) * contrast + mu) * bright
-    grey = torch.rand(n, generator=g) < 0.1
-    x[grey] = x[grey].mean(1, keepdim=True).expand(-1, 3, -1, -1)
-    return (x + torch.randn(x.shape, generator=g) * 0.02).clamp(0, 1)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The generic image mixture the fine-tuning keeps the pretrained embeddings on (never any task's images)
-
-MIXTURE_FIGURES = 128  # generic "characters" of a random alphabet, which no task uses
-
-
-def _colour(g: torch.Generator, n: int) -> Tensor:
-    """Random colours ``[N, 3]``: uniform hue and saturation, value in [0.15, 1]."""
-    h, s, v = _v8._u(g, n), _v8._u(g, n, 0.0, 1.0), _v8._u(g, n, 0.15, 1.0)
-    return _v8._hsv(h, s, v)
-
-
-def _figure_bank(seed: int, n: int = MIXTURE_FIGURES, strokes: int = 3) -> Tensor:
-    """``n`` random figures, each ``strokes`` line segments ``[n, strokes, 2 (ends), 2 (x, y)]`` in [-0.8, 0.8]:
-    the classes of an alphabet no task uses. Consecutive strokes share an end half of the time (connected
-    pen strokes)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + 9973)
-    seg = torch.rand(n, strokes, 2, 2, generator=g) * 1.6 - 0.8
-    join = torch.rand(n, strokes, generator=g) < 0.5
-    for k in range(1, strokes):
-        seg[join[:, k], k, 0] = seg[join[:, k], k - 1, 1]
-    return seg
-
-
-def _segment_distance(px: Tensor, py: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """Distance from pixel centres ``[1, S, S]`` to segments ``a -> b`` (``[N, 2]`` each): ``[N, S, S]``."""
-    ax, ay, bx, by = (v.view(-1, 1, 1) for v in (a[:, 0], a[:, 1], b[:, 0], b[:, 1]))
-    dx, dy = bx - ax, by - ay
-    t = (((px - ax) * dx + (py - ay) * dy) / (dx * dx + dy * dy + 1e-6)).clamp(0, 1)
-    return torch.sqrt((px - ax - t * dx) ** 2 + (py - ay - t * dy) ** 2)
-
-
-def generic_mixture(g: torch.Generator, n: int, s: int, seed: int = 0) -> Tensor:
-    """``n`` generic images ``uint8 [n, 3, s, s]``, the inputs of the fine-tuning's preservation term: one figure of
-    a random stroke alphabet (:func:`_figure_bank`, 128 figures), randomly scaled, rotated, placed, jittered and
-    coloured, over a flat / gradient / noise / wave background, with up to two small distractor shapes."""
-    u = _v8._u
-    col = _v8._col
-    yy, xx = _v8._grid(s)
-    # background
-    bg_kind = torch.randint(4, (n,), generator=g)
-    c1 = _colour(g, n)
-    c2 = _colour(g, n)
-    ang = col(u(g, n, 0, 2 * math.pi))
-    ru, _ = _v8._rot(xx, yy, ang)
-    flat = _v8._flat(c1, s)
-    grad = _v8._paint(flat, ((ru + 1) / 2).clamp(0, 1).expand(n, s, s), c2)
-    noise = flat * (0.5 + _v8._smooth_noise(g, n, s, 4))
-    waves = _v8._paint(flat, 0.3 * (0.5 + 0.5 * torch.sin(ru * col(u(g, n, 3, 10)))), c2)
-    img = torch.stack([flat, grad, noise.clamp(0, 1), waves], 1)[torch.arange(n), bg_kind]
-    # distractors: small discs or squares
-    for _ in range(2):
-        present = col((u(g, n) < 0.5).float())
-        r = col(u(g, n, 0.05, 0.12))
-        dx, dy = xx - col(u(g, n, -0.9, 0.9)), yy - col(u(g, n, -0.9, 0.9))
-        sq = col((u(g, n) < 0.5).float())
-        sdf = sq * torch.maximum(dx.abs(), dy.abs()) + (1 - sq) * torch.sqrt(dx * dx + dy * dy) - r
-        img = _v8._paint(img, _v8._soft(sdf, s) * present, _colour(g, n))
-    # the figure: its strokes, jittered, under a random similarity transform
-    fig = torch.randint(MIXTURE_FIGURES, (n,), generator=g)
-    seg = _figure_bank(seed)[fig] + (torch.rand(n, *_figure_bank(seed).shape[1:], generator=g) - 0.5) * 0.16
-    scale, rot = u(g, n, 0.45, 0.75), u(g, n, -0.35, 0.35)
-    cx, cy = u(g, n, -0.35, 0.35), u(g, n, -0.35, 0.35)
-    c, si = torch.cos(rot), torch.sin(rot)
-    px, py = seg[..., 0], seg[..., 1]
-    seg = torch.stack([(c[:, None, None] * px - si[:, None, None] * py) * scale[:, None, None] + cx[:, None, None],
-                       (si[:, None, None] * px + c[:, None, None] * py) * scale[:, None, None] + cy[:, None, None]], -1)
-    dist = torch.stack([_segment_distance(xx, yy, seg[:, k, 0], seg[:, k, 1]) for k in range(seg.shape[1])]).amin(0)
-    width = col(u(g, n, 0.05, 0.1))
-    fg = _colour(g, n)
-    lum_gap = (_v8._luma(fg) - _v8._luma(c1)).abs() < 0.25
-    fg[lum_gap] = (1 - c1[lum_gap]).clamp(0, 1)
-    img = _v8._paint(img, _v8._soft(dist - width, s), fg)
-    return _v8._finish(img, g, 0.03)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Preprocessing
-
-
-def to_pixels(inputs: Any, image_size: int, mean: tuple, std: tuple, device: torch.device) -> Tensor:
-    """Inputs -> normalized ``float32 [N, 3, S, S]`` pixel values on ``device``.
-
-    ``uint8`` tensors ``[N, 3, S, S]`` (the generated suites) are scaled to [0, 1] and normalized with ``mean`` /
-    ``std``; float tensors are taken as already-normalized pixel values; anything else (images of another size, a
-    lazily decoded image list, PIL images) goes through CLIP's preprocessing, resize + centre crop
-    (:func:`tasks._vision_paper.to_pixel_values`).
-    """
-    if isinstance(inputs, Tensor):
-        if inputs.dtype.is_floating_point:
-            return inputs.to(device)
-        if inputs.dtype != torch.uint8 or inputs.ndim != 4:
-            raise TypeError(f"expected uint8 images [N, 3, H, W], got {inputs.dtype} {tuple(inputs.shape)}")
-        if inputs.shape[1] == 3 and inputs.shape[-1] == image_size and inputs.shape[-2] == image_size:
-            x = inputs.to(device).float().div_(255.0)
-            m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-            sd = torch.tensor(std, device=device).view(1, 3, 1, 1)
-            return (x - m) / sd
-    from tasks._vision_paper import to_pixel_values
-
-    return to_pixel_values(inputs, image_size, mean, std, device=device)
-
-
-def _stable_hash(text: str) -> int:
-    return zlib.crc32(text.encode())
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # ModelOps
 
 
-class ClipOps:
-    """Data-dependent access to the CLIP adapter (:class:`benchmark.contract.ModelOps`)."""
-
-    def __init__(self, backbone: "ClipViT"):
-        self.bb = backbone
-        self._moved: tuple[tuple, dict[str, Tensor]] | None = None
-
-    # -- data
-    def exemplars(self, task: str, n: int, seed: int) -> Any:
-        """``n`` unlabeled train inputs of ``task``, seeded (no labels)."""
-        data = self.bb.suite.load(task, "train")
-        g = torch.Generator().manual_seed(seed * 1_000_003 + _stable_hash(task))
-        idx = torch.randperm(len(data), generator=g)[: min(n, len(data))]
-        return self.slice(data.inputs, idx)
-
-    def test_inputs(self, task: str, n: int | None, seed: int) -> Any:
-        """Up to ``n`` unlabeled test inputs of ``task`` (all when None), in a seeded random order."""
-        data = self.bb.suite.load(task, "test")
-        g = torch.Generator().manual_seed(seed * 1_000_003 + _stable_hash(task) + 1)
-        idx = torch.randperm(len(data), generator=g)
-        if n is not None:
-            idx = idx[: min(n, len(data))]
-        return self.slice(data.inputs, idx)
-
-    def num_examples(self, inputs: Any) -> int:
-        return int(inputs.shape[0]) if isinstance(inputs, Tensor) else len(inputs)
-
-    def slice(self, inputs: Any, index: Tensor | slice) -> Any:
-        if isinstance(inputs, Tensor):
-            return inputs[index]
-        if isinstance(index, Tensor) and index.dtype == torch.bool:
-            index = index.nonzero().flatten()
-        if isinstance(inputs, (list, tuple)):
-            if isinstance(index, slice):
-                return list(inputs[index])
-            return [inputs[i] for i in torch.as_tensor(index).tolist()]
-        return inputs[index]  # ImageList and friends slice lazily
-
-    # -- model
-    def _weights(self, weights: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
-        if weights is None:
-            return None
-        dev = self.bb.device
-        if dev.type == "cpu":
-            return dict(weights)
-        key = tuple((k, id(v), v._version) for k, v in weights.items())
-        if self._moved is not None and self._moved[0] == key:
-            return self._moved[1]
-        moved = {k: v.to(dev) for k, v in weights.items()}
-        if not any(v.requires_grad for v in weights.values()):
-            self._moved = (key, moved)
-        return moved
-
-    def _embed(self, weights: Mapping[str, Tensor] | None, inputs: Any) -> Tensor:
-        bb = self.bb
-        x = to_pixels(inputs, bb.image_size, bb.mean, bb.std, bb.device)
-        w = self._weights(weights)
-        if w is None:
-            return bb.encoder(x)
-        return torch.func.functional_call(bb.encoder, w, (x,), strict=False)
-
-    def features(self, weights: StateDict | None, inputs: Any) -> Tensor:
-        """f_ex: the encoder's image embeddings ``[B, e]`` (what the heads consume, before normalization)."""
-        return self._embed(weights, inputs)
+class ClipOps(ImageOps):
+    """:class:`~backbones._image.ImageOps` plus routing on an early layer of the CLIP vision tower."""
 
     def early_features(self, weights: StateDict | None, inputs: Any, depth: int) -> Tensor:
         """The features after the first ``depth`` transformer blocks ``[B, hidden]``: the class token through the
         tower's final LayerNorm (``post_layernorm``), as the full tower pools it, without the projection. For
         routing on an early layer (beyond the paper): on the tiny ViT-B/32 suite's KNN routing this pooling kept
         more routing accuracy at every depth than the raw class token or the mean token."""
-        enc = getattr(self.bb, "encoder", None)  # subclass adapters (DETR) hold other modules
+        enc = getattr(self.bb, "encoder", None)
         vm = getattr(enc, "vision_model", None)
         layers = getattr(getattr(vm, "encoder", None), "layers", None)
         if layers is None:
@@ -436,68 +198,20 @@ class ClipOps:
         sub = {k[len("vision_model."):]: v for k, v in w.items() if k.startswith("vision_model.")}
         return torch.func.functional_call(early, sub, (x,), strict=False)
 
-    def logits(self, task: str, weights: StateDict | None, inputs: Any) -> Tensor:
-        """``normalize(encoder(x)) @ head[task].T`` under ``weights`` (None = pretrained)."""
-        emb = self._embed(weights, inputs)
-        head = self.bb.head(task).to(device=emb.device, dtype=emb.dtype)
-        return F.normalize(emb, dim=-1) @ head.T
-
-    def linear_inputs(self, weights: StateDict | None, inputs: Any) -> dict[str, Tensor]:
-        """Inputs ``[N, d_in]`` of every ``nn.Linear`` whose weight is mergeable, keyed by the weight's name."""
-        out: dict[str, Tensor] = {}
-        handles = []
-        mergeable = set(self.bb.mergeable_names)
-        for mod_name, mod in self.bb.encoder.named_modules():
-            wname = f"{mod_name}.weight" if mod_name else "weight"
-            if isinstance(mod, nn.Linear) and wname in mergeable:
-
-                def hook(_m: nn.Module, args: tuple, _out: Any, wname: str = wname) -> None:
-                    x = args[0]
-                    out[wname] = x.reshape(-1, x.shape[-1])
-
-                handles.append(mod.register_forward_hook(hook))
-        try:
-            self._embed(weights, inputs)
-        finally:
-            for h in handles:
-                h.remove()
-        return out
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # The adapter
 
 
-_DRAWING = (_v8._u, _v8._hsv, _v8._grid, _v8._rot, _v8._flat, _v8._paint, _v8._smooth_noise, _v8._shape_sdf,
-            _v8._soft, _v8._warp, _v8._finish, _v8._col)
-
-
-def _version(stage: str = "all", model_parts: tuple = (build_encoder, sincos_position_init)) -> str:
-    """Source of what shapes a cached stage (so editing, say, the fine-tuning loop keeps the pretrained model).
-    ``model_parts``: the functions that build and initialize the encoder (a subclass adapter passes its own)."""
-    common = (ImageEncoder, *model_parts, to_pixels, _cosine_lr, _deterministic, _stable_hash)
-    if stage == "pretrain":
-        return code_version(*common, augment, ClipViT._build_pretrain)
-    if stage == "heads":
-        return code_version(*common, ClipViT._build_heads)
-    if stage == "finetune":
-        return code_version(*common, *_DRAWING, _v8._luma, _colour, _figure_bank, _segment_distance,
-                            generic_mixture, ClipViT._build_finetune, ClipViT._distill_set, ClipViT._pretrained_full)
-    return code_version(sys.modules[__name__])
-
-
-class ClipViT(PreparedBackbone):
-    """See the module docstring. ``model`` is set by the registered subclasses.
-
-    The tiny/micro machinery (label-free pretraining, prototype heads, preservation fine-tuning, ModelOps) only
-    needs an encoder mapping normalized pixels to embeddings, so another image backbone reuses it by overriding
-    :attr:`configs`, :attr:`pixel_mean` / :attr:`pixel_std`, :meth:`new_encoder`, :meth:`model_parts` and
-    :meth:`_prepare_paper` (``backbones.convnext`` does)."""
+class ClipViT(ImageBackbone):
+    """See the module docstring. ``model`` is set by the registered subclasses; the tiny build is
+    :class:`~backbones._image.ImageBackbone`'s."""
 
     model: str = ""
     ops_class = ClipOps
     pixel_mean: tuple = OPENAI_MEAN
     pixel_std: tuple = OPENAI_STD
+    recipes = RECIPES
 
     @property
     def configs(self) -> dict[str, dict[str, Any]]:
@@ -513,20 +227,7 @@ class ClipViT(PreparedBackbone):
 
     def model_parts(self) -> tuple:
         """The functions :meth:`new_encoder` runs (their source is part of every cached stage's key)."""
-        return (build_encoder, sincos_position_init)
-
-    def __init__(self, profile: str, suite: Any, seed: int = 0, cache: Any = None, progress: bool = True):
-        super().__init__(profile, suite, seed, cache, progress)
-        self._distill: tuple[Tensor, Tensor] | None = None
-        self.encoder: nn.Module
-
-    # -- configuration
-    @property
-    def recipe(self) -> Recipe:
-        return RECIPES[self.profile]
-
-    def versions(self) -> dict[str, str]:
-        return {self.model: _version("all", self.model_parts())}  # the adapter's source hash
+        return (ImageEncoder, build_encoder, sincos_position_init)
 
     # -- paper profile
     def _prepare_paper(self) -> None:
@@ -542,177 +243,6 @@ class ClipViT(PreparedBackbone):
         self._finetuned = {t: self.streamed(paper.finetuned[t]) for t in self.tasks}
         self.heads = {t: paper.heads[t].detach().float().to(self.device) for t in self.tasks}
         self._checkpoints = dict(paper.checkpoints)
-
-    # -- tiny / micro profiles
-    def _prepare_tiny(self) -> None:
-        from safetensors.torch import load_file
-
-        self.image_size = self.config.get("image_size", getattr(self.suite, "image_size", None))
-        self.mean, self.std = self.pixel_mean, self.pixel_std
-        if getattr(self.suite, "image_size", None) not in (None, self.image_size):
-            raise UserError(f"{self.model} ({self.profile}) expects {self.image_size}px images")
-        self.suite_prepare()
-        pre_path = self._pretrain()
-        self._pretrained = load_file(str(pre_path))
-        self.encoder = self.new_encoder()
-        self.encoder.load_state_dict(self._pretrained, strict=True)
-        self.mergeable_names = [n for n, _ in self.encoder.named_parameters()]
-        self._pretrained = {k: self._pretrained[k].float() for k in self.mergeable_names}
-        self._checkpoints["pretrained"] = self._cache().sha256(pre_path)
-        heads_path = self._heads(self._checkpoints["pretrained"])
-        heads = load_file(str(heads_path))
-        self.heads = {t: heads[t].float() for t in self.tasks}
-        self._checkpoints["heads"] = self._cache().sha256(heads_path)
-        for task in self.tasks:
-            p = self._finetune(task, self._checkpoints["pretrained"], self._checkpoints["heads"])
-            sd = load_file(str(p))
-            self._finetuned[task] = {k: sd[k].float() for k in self.mergeable_names}
-            self._checkpoints[f"finetuned/{task}"] = self._cache().sha256(p)
-
-    def suite_prepare(self) -> None:
-        prep = getattr(self.suite, "prepare", None)
-        if callable(prep):
-            prep()
-
-    def _data_key(self) -> str:
-        key = getattr(self.suite, "data_key", None)
-        return key() if callable(key) else f"{type(self.suite).__name__}:{self.profile}"
-
-    def _pretrain(self) -> Path:
-        r = self.recipe
-        cfg = {"model": self.model, "profile": self.profile, "config": self.config, "data": self._data_key(),
-               "tasks": self.tasks,
-               "recipe": {k: v for k, v in asdict(r).items() if k.startswith("pretrain") or k == "warmup"}}
-        entry = self._cache().get_or_build(f"{self.model}/pretrain", cfg, self.seed,
-                                           _version("pretrain", self.model_parts()), self._build_pretrain)
-        return entry / "pretrained.safetensors"
-
-    def _build_pretrain(self, tmp: Path) -> None:
-        from safetensors.torch import save_file
-        from tqdm.auto import tqdm
-
-        r = self.recipe
-        # the unlabeled union of the tasks' train images; their labels are never read
-        images = torch.cat([self.suite.load(t, "train").inputs for t in self.tasks]).float().div_(255.0)
-        mean = torch.tensor(self.pixel_mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.pixel_std).view(1, 3, 1, 1)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + 101)
-        torch.manual_seed(self.seed)
-        enc = self.new_encoder(init=True)
-        opt = torch.optim.AdamW(enc.parameters(), lr=r.pretrain_lr, weight_decay=0.05)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: _cosine_lr(st, r.pretrain_steps, r.warmup))
-        n = r.pretrain_batch
-        # view i's positive is view i + n (and back); a view is never its own negative
-        positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
-        enc.train()
-        with _deterministic():
-            bar = tqdm(range(r.pretrain_steps), desc=f"pretrain {self.model} ({self.profile})", unit="step",
-                       disable=not self.progress, leave=False)
-            for _step in bar:
-                x = images[torch.randint(len(images), (n,), generator=g)]
-                views = (torch.cat([augment(x, g), augment(x, g)]) - mean) / std
-                z = F.normalize(enc(views), dim=-1)
-                sim = (z @ z.T / r.pretrain_temperature).fill_diagonal_(float("-inf"))
-                loss = F.cross_entropy(sim, positives)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        enc.eval()
-        save_file({k: v.detach().contiguous() for k, v in enc.state_dict().items()}, str(tmp / "pretrained.safetensors"))
-
-    def _heads(self, pretrained_sha: str) -> Path:
-        cfg = {"model": self.model, "profile": self.profile, "pretrained": pretrained_sha, "data": self._data_key(),
-               "shots": self.recipe.head_shots, "logit_scale": self.recipe.logit_scale, "tasks": self.tasks}
-        entry = self._cache().get_or_build(f"{self.model}/heads", cfg, self.seed, _version("heads", self.model_parts()),
-                                           self._build_heads)
-        return entry / "heads.safetensors"
-
-    def _build_heads(self, tmp: Path) -> None:
-        from safetensors.torch import save_file
-
-        r = self.recipe
-        out = {}
-        with torch.no_grad():
-            for task in self.tasks:
-                data = self.suite.load(task, "train")
-                n_cls = len(data.classes or []) or int(data.targets.max()) + 1
-                g = torch.Generator().manual_seed(self.seed * 1_000_003 + _stable_hash(task) + 7)
-                protos = []
-                for c in range(n_cls):
-                    cand = (data.targets == c).nonzero().flatten()
-                    pick = cand[torch.randperm(len(cand), generator=g)[: r.head_shots]]
-                    x = to_pixels(data.inputs[pick], self.image_size, self.mean, self.std, torch.device("cpu"))
-                    z = F.normalize(self.encoder(x), dim=-1).mean(0)
-                    protos.append(F.normalize(z, dim=0))
-                out[task] = (torch.stack(protos) * r.logit_scale).contiguous()
-        save_file(out, str(tmp / "heads.safetensors"))
-
-    def _finetune(self, task: str, pretrained_sha: str, heads_sha: str) -> Path:
-        r = self.recipe
-        cfg = {"model": self.model, "profile": self.profile, "config": self.config,
-               "recipe": {k: v for k, v in asdict(r).items() if k.startswith(("finetune", "distill")) or k == "warmup"},
-               "pretrained": pretrained_sha, "heads": heads_sha, "data": self._data_key(), "task": task}
-        entry = self._cache().get_or_build(
-            f"{self.model}/finetune/{task}", cfg, self.seed, _version("finetune", self.model_parts()),
-            lambda tmp: self._build_finetune(task, tmp),
-        )
-        return entry / "finetuned.safetensors"
-
-    def _build_finetune(self, task: str, tmp: Path) -> None:
-        from safetensors.torch import save_file
-        from tqdm.auto import tqdm
-
-        r = self.recipe
-        data = self.suite.load(task, "train")
-        pix = to_pixels(data.inputs, self.image_size, self.mean, self.std, torch.device("cpu"))
-        y = data.targets
-        head = self.heads[task].detach()
-        generic, anchor = self._distill_set()
-        torch.manual_seed(self.seed * 1_000_003 + _stable_hash(task))
-        enc = self.new_encoder()
-        enc.load_state_dict(self._pretrained_full(), strict=True)
-        opt = torch.optim.AdamW(enc.parameters(), lr=r.finetune_lr, weight_decay=r.finetune_wd)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: _cosine_lr(st, r.finetune_steps, r.warmup))
-        order = torch.Generator().manual_seed(self.seed * 1_000_003 + _stable_hash(task) + 3)
-        perm, pos = torch.randperm(len(y), generator=order), 0
-        enc.train()
-        with _deterministic():
-            bar = tqdm(range(r.finetune_steps), desc=f"fine-tune {self.model} on {task}", unit="step",
-                       disable=not self.progress, leave=False)
-            for _step in bar:
-                if pos + r.finetune_batch > len(perm):
-                    perm, pos = torch.randperm(len(y), generator=order), 0
-                idx = perm[pos : pos + r.finetune_batch]
-                pos += r.finetune_batch
-                logits = F.normalize(enc(pix[idx]), dim=-1) @ head.T
-                loss = F.cross_entropy(logits, y[idx])
-                if r.distill_weight:
-                    j = torch.randint(len(generic), (r.distill_batch,), generator=order)
-                    drift = 1 - (F.normalize(enc(generic[j]), dim=-1) * anchor[j]).sum(-1)
-                    loss = loss + r.distill_weight * drift.mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        enc.eval()
-        save_file({k: v.detach().contiguous() for k, v in enc.state_dict().items()}, str(tmp / "finetuned.safetensors"))
-
-    def _distill_set(self) -> tuple[Tensor, Tensor]:
-        """The generic images and their pretrained embeddings, which the preservation term holds every task's
-        fine-tuning to. The same for all tasks, so built once per adapter."""
-        if self._distill is None:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 211)
-            with torch.no_grad():
-                generic = generic_mixture(gen, self.recipe.distill_images, self.image_size, self.seed)
-                generic = to_pixels(generic, self.image_size, self.mean, self.std, torch.device("cpu"))
-                self._distill = (generic, F.normalize(self.encoder.cpu()(generic), dim=-1))
-        return self._distill
-
-    def _pretrained_full(self) -> dict[str, Tensor]:
-        return {k: v.detach().clone() for k, v in self.encoder.state_dict().items()}
 
 
 @BACKBONES.register(

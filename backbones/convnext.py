@@ -1,6 +1,6 @@
 """ConvNeXt image encoder on the ``vision8`` suite (``convnext``).
 
-The adapter is :class:`backbones.clip_vit.ClipViT` with a ConvNeXt encoder: the same one-encoder-plus-frozen-heads
+The adapter is an :class:`backbones._image.ImageBackbone`, as CLIP's is, with a ConvNeXt encoder: the same one-encoder-plus-frozen-heads
 layout, the same ModelOps and, on the generated profiles, the same three cached stages (label-free SimCLR-style
 pretraining on the unlabeled union of the tasks' train images, frozen prototype heads, fine-tuning of the whole
 encoder against the frozen head with the embedding-preservation term; see ``backbones/clip_vit.py`` for what each
@@ -31,7 +31,7 @@ tiny / micro (in-house, cached)
     A small ``ConvNextConfig`` (:data:`CONFIGS`): at 32 px a 4-pixel patchify stem gives an 8x8 map, then three
     stages (8x8 -> 4x4 -> 2x2) of widths 32/64/128 and depths 1/1/2 (0.38 M parameters), and a linear
     projection (no bias, like CLIP's ``visual_projection``) to a 128-d embedding consumed by the prototype heads:
-    ``logits = normalize(emb) @ head.T`` (:class:`backbones.clip_vit.ClipOps`). ImageNet mean/std, as ConvNeXt's
+    ``logits = normalize(emb) @ head.T`` (:class:`backbones._image.ImageOps`). ImageNet mean/std, as ConvNeXt's
     own preprocessing. Recipe (:data:`RECIPES`): CLIP's, with 400 instead of 600 pretraining steps (at twice the
     learning rate): about 7.5 CPU-minutes on one thread for pretraining, heads and the 8 fine-tunings.
 
@@ -46,15 +46,12 @@ tiny / micro (in-house, cached)
 """
 from __future__ import annotations
 
-import sys
 from typing import Any, Mapping
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones import clip_vit as _cv
-from backbones.clip_vit import ClipOps, ClipViT, Recipe
-from benchmark.cache import code_version
+from backbones._image import ImageBackbone, ImageOps, Recipe
 from benchmark.contract import StateDict
 from benchmark.registry import BACKBONES
 
@@ -110,8 +107,8 @@ def build_convnext_encoder(config: Mapping[str, Any]) -> ConvNeXtEncoder:
     return ConvNeXtEncoder(model, nn.Linear(hidden[-1], e, bias=False) if e else None)
 
 
-class ConvNeXtOps(ClipOps):
-    """:class:`backbones.clip_vit.ClipOps` with ConvNeXt's evaluation preprocessing (resize to ``resize_size``,
+class ConvNeXtOps(ImageOps):
+    """:class:`backbones._image.ImageOps` with ConvNeXt's evaluation preprocessing (resize to ``resize_size``,
     centre crop ``image_size``) for images that are not already at the encoder's size, and linear heads with a
     bias (the paper checkpoints' classifiers) where the adapter has them."""
 
@@ -121,7 +118,7 @@ class ConvNeXtOps(ClipOps):
             return inputs
         if isinstance(inputs, Tensor) and (inputs.dtype.is_floating_point or tuple(inputs.shape[-2:]) == (bb.image_size,) * 2):
             return inputs  # already-normalized pixels, or images at the encoder's size
-        from tasks._vision_paper import to_pixel_values
+        from tasks.vision_paper import to_pixel_values
 
         x = to_pixel_values(inputs, bb.resize_size, bb.mean, bb.std, device=bb.device)
         top = (x.shape[-2] - bb.image_size) // 2
@@ -148,7 +145,7 @@ class ConvNeXtOps(ClipOps):
     task_kind="classification",
     default_suite="vision8",
 )
-class ConvNeXt(ClipViT):
+class ConvNeXt(ImageBackbone):
     """See the module docstring."""
 
     model = "convnext"
@@ -156,28 +153,19 @@ class ConvNeXt(ClipViT):
     ops_class = ConvNeXtOps
     pixel_mean = IMAGENET_MEAN
     pixel_std = IMAGENET_STD
+    configs = CONFIGS
+    recipes = RECIPES
 
     def __init__(self, profile: str, suite: Any, seed: int = 0, cache: Any = None, progress: bool = True):
         super().__init__(profile, suite, seed, cache, progress)
         self.head_bias: dict[str, Tensor] = {}  # paper: the classifiers' biases; tiny: none (prototype heads)
         self.resize_size: int | None = None  # paper: ConvNeXt resizes to image_size / crop_pct before the crop
 
-    @property
-    def configs(self) -> dict[str, dict[str, Any]]:
-        return CONFIGS
-
-    @property
-    def recipe(self) -> Recipe:
-        return RECIPES[self.profile]
-
     def new_encoder(self, init: bool = False) -> nn.Module:
         return build_convnext_encoder(self.config)  # transformers' own ConvNeXt init (trunc. normal, std 0.02)
 
     def model_parts(self) -> tuple:
         return (ConvNeXtEncoder, build_convnext_encoder)
-
-    def versions(self) -> dict[str, str]:
-        return {self.model: code_version(sys.modules[__name__], _cv)}
 
     def _prepare_paper(self) -> None:
         from backbones._convnext_paper import load_convnext_paper

@@ -99,7 +99,6 @@ from __future__ import annotations
 
 import math
 import sys
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -109,14 +108,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones._base import PreparedBackbone
-from backbones.clip_vit import ClipOps, _cosine_lr, _deterministic
+from backbones._base import BaseOps, PreparedBackbone
+from backbones._tiny import EpochSampler, TinyBuild, cosine_lr, deterministic, fit, stable_hash
 from benchmark.cache import code_version
 from benchmark.contract import StateDict
 from benchmark.errors import UserError
 from benchmark.registry import BACKBONES
-from tasks import rf100 as _rf
-from tasks import vision8 as _v8
+from tasks import scenes
+from tasks import drawing
 
 __all__ = ["Detr", "DetrOps", "Detector", "CONFIGS", "RECIPES", "build_detector", "generic_scenes",
            "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -311,30 +310,30 @@ def detection_loss(logits: Tensor, boxes: Tensor, labels: list[dict[str, Tensor]
 
 
 def _bg_generic(g: torch.Generator, n: int, s: int) -> Tensor:
-    yy, xx = _v8._grid(s)
-    c1, c2 = _v8._rand_colour(g, n), _v8._rand_colour(g, n)
+    yy, xx = drawing.grid(s)
+    c1, c2 = drawing.rand_colour(g, n), drawing.rand_colour(g, n)
     kind = torch.randint(3, (n,), generator=g)
-    ang = _v8._col(_v8._u(g, n, 0, 6.3))
-    u, _ = _v8._rot(xx, yy, ang)
-    flat = _v8._flat(c1, s)
-    grad = _v8._paint(flat, ((u + 1) / 2).clamp(0, 1).expand(n, s, s), c2)
-    noise = (flat * (0.5 + _v8._smooth_noise(g, n, s, 4))).clamp(0, 1)
+    ang = drawing.column(drawing.uniform(g, n, 0, 6.3))
+    u, _ = drawing.rotate(xx, yy, ang)
+    flat = drawing.flat(c1, s)
+    grad = drawing.paint(flat, ((u + 1) / 2).clamp(0, 1).expand(n, s, s), c2)
+    noise = (flat * (0.5 + drawing.smooth_noise(g, n, s, 4))).clamp(0, 1)
     return torch.stack([flat, grad, noise], 1)[torch.arange(n), kind]
 
 
 def _draw_generic(g, cls, cx, cy, r, xx, yy, s):
     dx, dy = xx - cx, yy - cy
-    ang = _v8._col(_v8._u(g, len(cls), 0, 6.3))
-    colour = _v8._rand_colour(g, len(cls), s=(0.3, 1.0), v=(0.3, 1.0))
+    ang = drawing.column(drawing.uniform(g, len(cls), 0, 6.3))
+    colour = drawing.rand_colour(g, len(cls), s=(0.3, 1.0), v=(0.3, 1.0))
 
     def fn(c: int, sel: Tensor) -> tuple[Tensor, Tensor]:
-        return _v8._soft(_v8._shape_sdf(GENERIC_CLASSES[c], dx[sel], dy[sel], r[sel], ang[sel]), s), colour[sel]
+        return drawing.soft(drawing.shape_sdf(GENERIC_CLASSES[c], dx[sel], dy[sel], r[sel], ang[sel]), s), colour[sel]
 
-    return [_rf._by_class(cls, len(GENERIC_CLASSES), s, fn)]
+    return [scenes.by_class(cls, len(GENERIC_CLASSES), s, fn)]
 
 
 GENERIC_DOMAINS = [
-    _rf.Domain(GENERIC_CLASSES, grid, count, (0.5, 0.95), _bg_generic, _draw_generic, noise=0.03)
+    scenes.Domain(GENERIC_CLASSES, grid, count, (0.5, 0.95), _bg_generic, _draw_generic, noise=0.03)
     for grid, count in ((1, (1, 1)), (2, (1, 4)), (3, (1, 6)), (4, (2, 10)))
 ]
 
@@ -345,7 +344,7 @@ def generic_scenes(g: torch.Generator, n: int, s: int) -> tuple[Tensor, list[dic
     xs, targets = [], []
     for k, dom in enumerate(GENERIC_DOMAINS):
         m = n // len(GENERIC_DOMAINS) + (1 if k < n % len(GENERIC_DOMAINS) else 0)
-        x, boxes, labels = _rf.render_scenes(g, m, s, dom)
+        x, boxes, labels = scenes.render_scenes(g, m, s, dom)
         xs.append(x)
         targets += [{"boxes": b, "labels": lab} for b, lab in zip(boxes, labels)]
     x = torch.cat(xs)
@@ -372,7 +371,7 @@ def to_batch(inputs: Any, image_size: int | None, mean: tuple, std: tuple, devic
         x = inputs.to(device).float() / 255.0 if inputs.dtype == torch.uint8 else inputs.to(device).float()
         x = (x - m) / sd
         if coords:  # CoordConv: pixel-centre x and y in [-1, 1] as two extra channels
-            yy, xx = _v8._grid(x.shape[-1])
+            yy, xx = drawing.grid(x.shape[-1])
             x = torch.cat([x, xx.expand(len(x), 1, -1, -1).to(x), yy.expand(len(x), 1, -1, -1).to(x)], 1)
         return x, None, [tuple(x.shape[-2:])] * len(x)
     images = [inputs[i] for i in range(len(inputs))]
@@ -397,17 +396,13 @@ def to_batch(inputs: Any, image_size: int | None, mean: tuple, std: tuple, devic
     return pix, mask, sizes
 
 
-def _stable_hash(text: str) -> int:
-    return zlib.crc32(text.encode())
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # ModelOps
 
 
-class DetrOps(ClipOps):
+class DetrOps(BaseOps):
     """Data-dependent access to the DETR adapter (:class:`benchmark.contract.ModelOps`). Data access
-    (``exemplars``, ``test_inputs``, ``num_examples``, ``slice``) is :class:`backbones.clip_vit.ClipOps`'."""
+    (``exemplars``, ``test_inputs``, ``num_examples``, ``slice``) is :class:`backbones._base.BaseOps`'."""
 
     bb: "Detr"
 
@@ -458,24 +453,7 @@ class DetrOps(ClipOps):
 
     def linear_inputs(self, weights: StateDict | None, inputs: Any) -> dict[str, Tensor]:
         """Inputs ``[N, d_in]`` of every ``nn.Linear`` whose weight is mergeable, keyed by the weight's name."""
-        out: dict[str, Tensor] = {}
-        handles = []
-        mergeable = set(self.bb.mergeable_names)
-        for mod_name, mod in self.bb.detector.named_modules():
-            wname = f"{mod_name}.weight"
-            if isinstance(mod, nn.Linear) and wname in mergeable:
-
-                def hook(_m: nn.Module, args: tuple, _out: Any, wname: str = wname) -> None:
-                    x = args[0]
-                    out[wname] = x.reshape(-1, x.shape[-1])
-
-                handles.append(mod.register_forward_hook(hook))
-        try:
-            self._run(weights, inputs)
-        finally:
-            for h in handles:
-                h.remove()
-        return out
+        return self.capture_linear_inputs(self.bb.detector, lambda: self._run(weights, inputs))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -485,16 +463,17 @@ class DetrOps(ClipOps):
 def _version(stage: str = "all") -> str:
     """Source of what shapes a cached stage."""
     common = (Detector, detr_config, build_detector, loss_config, query_anchors, AnchorMatcher, detr_labels,
-              detection_loss, to_batch, _cosine_lr,
-              _deterministic, _stable_hash, _rf.render_scenes, _rf._by_class, _bg_generic, _draw_generic,
-              generic_scenes, _v8._shape_sdf, _v8._soft, _v8._paint, _v8._rand_colour, _v8._hsv, _v8._smooth_noise,
-              _v8._finish, "GENERIC:" + repr(GENERIC_CLASSES) + repr([(d.grid, d.count, d.size) for d in GENERIC_DOMAINS]))
+              detection_loss, to_batch, cosine_lr,
+              deterministic, stable_hash, fit, TinyBuild, Detr.check_suite, Detr.load_pretrained,
+              # the generic scenes are drawn with the scene and drawing primitives: their whole modules count
+              scenes, drawing, _bg_generic, _draw_generic, generic_scenes,
+              "GENERIC:" + repr(GENERIC_CLASSES) + repr([(d.grid, d.count, d.size) for d in GENERIC_DOMAINS]))
     if stage == "pretrain":
         return code_version(*common, Detr._build_pretrain)
     if stage == "heads":
         return code_version(*common, Detr._build_heads)
     if stage == "finetune":
-        return code_version(*common, Detr._build_finetune, Detr._distill_set)
+        return code_version(*common, EpochSampler, Detr._build_finetune, Detr._distill_set)
     return code_version(sys.modules[__name__])
 
 
@@ -507,7 +486,7 @@ def _version(stage: str = "all") -> str:
     task_kind="detection",
     default_suite="rf100_7",
 )
-class Detr(PreparedBackbone):
+class Detr(TinyBuild, PreparedBackbone):
     """See the module docstring."""
 
     model = "detr_r50"
@@ -515,6 +494,8 @@ class Detr(PreparedBackbone):
                        "transformers.loss.loss_for_object_detection")
     module_attr = "detector"
     ops_class = DetrOps
+    configs = CONFIGS
+    recipes = RECIPES
 
     def __init__(self, profile: str, suite: Any, seed: int = 0, cache: Any = None, progress: bool = True):
         super().__init__(profile, suite, seed, cache, progress)
@@ -525,14 +506,6 @@ class Detr(PreparedBackbone):
         self.image_size: int | None = None
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self.coords = profile != "paper" and bool(CONFIGS[profile].get("coord_channels"))
-
-    @property
-    def configs(self) -> dict[str, dict[str, Any]]:
-        return CONFIGS
-
-    @property
-    def recipe(self) -> Recipe:
-        return RECIPES[self.profile]
 
     def _after_prepare(self) -> None:
         self.heads = {t: (w.to(self.device), b.to(self.device)) for t, (w, b) in self.heads.items()}
@@ -557,56 +530,39 @@ class Detr(PreparedBackbone):
         self.heads = {t: (w.detach().float(), b.detach().float()) for t, (w, b) in paper.heads.items()}
         self._checkpoints = dict(paper.checkpoints)
 
-    # -- tiny / micro profiles
-    def _data_key(self) -> str:
-        key = getattr(self.suite, "data_key", None)
-        return key() if callable(key) else f"{type(self.suite).__name__}:{self.profile}"
-
-    def _prepare_tiny(self) -> None:
-        from safetensors.torch import load_file
-
+    # -- tiny / micro profiles (the stages of backbones._tiny.TinyBuild)
+    def check_suite(self) -> None:
         self.image_size = self.config["image_size"]
-        if getattr(self.suite, "image_size", None) not in (None, self.image_size):
+        if self.suite.image_size not in (None, self.image_size):
             raise UserError(f"detr_r50 ({self.profile}) expects {self.image_size}px images")
-        prep = getattr(self.suite, "prepare", None)
-        if callable(prep):
-            prep()
-        pre_path = self._stage("pretrain", {}, self._build_pretrain) / "pretrained.safetensors"
-        sd = load_file(str(pre_path))
-        self.detector, _, self.detr_config = build_detector(self.config)
-        self.detector.load_state_dict({k[len("detector."):]: v for k, v in sd.items() if k.startswith("detector.")})
-        self.mergeable_names = [n for n, _ in self.detector.named_parameters()]
-        self._pretrained = {k: v.detach().clone().float() for k, v in self.detector.named_parameters()}
-        self._checkpoints["pretrained"] = self._cache().sha256(pre_path)
-        heads_path = self._stage("heads", {"pretrained": self._checkpoints["pretrained"]},
-                                 self._build_heads) / "heads.safetensors"
-        hs = load_file(str(heads_path))
-        self.heads = {t: (hs[f"{t}/weight"].float(), hs[f"{t}/bias"].float()) for t in self.tasks}
-        self._checkpoints["heads"] = self._cache().sha256(heads_path)
-        for task in self.tasks:
-            p = self._stage("finetune", {"pretrained": self._checkpoints["pretrained"],
-                                         "heads": self._checkpoints["heads"], "task": task},
-                            lambda tmp, task=task: self._build_finetune(task, tmp), name=f"finetune/{task}")
-            ft = load_file(str(p / "finetuned.safetensors"))
-            self._finetuned[task] = {k: ft[k].float() for k in self.mergeable_names}
-            self._checkpoints[f"finetuned/{task}"] = self._cache().sha256(p / "finetuned.safetensors")
 
-    def _stage(self, stage: str, extra: dict[str, Any], build: Any, name: str | None = None) -> Path:
+    def stage_config(self, stage: str) -> dict[str, Any]:
         prefix = {"pretrain": "pretrain", "heads": "head", "finetune": ("finetune", "distill")}[stage]
         recipe = {k: v for k, v in asdict(self.recipe).items()
                   if k.startswith(prefix) or k in ("warmup", "weight_decay", "grad_clip", "anchor_cost")}
         cfg = {"model": self.model, "profile": self.profile, "config": self.config, "recipe": recipe,
-               "tasks": self.tasks, **extra}
-        if stage != "pretrain":
-            cfg["data"] = self._data_key()
-        return self._cache().get_or_build(f"{self.model}/{name or stage}", cfg, self.seed, _version(stage), build)
+               "tasks": self.tasks}
+        if stage != "pretrain":  # pretraining reads generic scenes only, never the suite
+            cfg["data"] = self.suite.data_key()
+        return cfg
+
+    def stage_version(self, stage: str) -> str:
+        return _version(stage)
+
+    def load_pretrained(self, state: dict[str, Tensor]) -> None:
+        self.detector, _, self.detr_config = build_detector(self.config)
+        self.detector.load_state_dict({k[len("detector."):]: v for k, v in state.items() if k.startswith("detector.")})
+        self.mergeable_names = [n for n, _ in self.detector.named_parameters()]
+        self._pretrained = {k: v.detach().clone().float() for k, v in self.detector.named_parameters()}
+
+    def load_heads(self, flat: dict[str, Tensor]) -> dict[str, Any]:
+        return {t: (flat[f"{t}/weight"].float(), flat[f"{t}/bias"].float()) for t in self.tasks}
 
     def _pixels(self, x: Tensor) -> Tensor:
         return to_batch(x, self.image_size, self.mean, self.std, torch.device("cpu"), self.coords)[0]
 
     def _build_pretrain(self, tmp: Path) -> None:
         from safetensors.torch import save_file
-        from tqdm.auto import tqdm
 
         r = self.recipe
         s = self.config["image_size"]
@@ -619,22 +575,15 @@ class Detr(PreparedBackbone):
         det, head, config = build_detector(self.config, len(GENERIC_CLASSES), init=True)
         lcfg = loss_config(config, len(GENERIC_CLASSES), r.anchor_cost)
         params = list(det.parameters()) + list(head.parameters())
-        opt = torch.optim.AdamW(params, lr=r.pretrain_lr, weight_decay=r.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: _cosine_lr(st, r.pretrain_steps, r.warmup))
+
+        def step_loss() -> Tensor:
+            idx = torch.randint(len(pix), (r.pretrain_batch,), generator=g)
+            hidden, boxes = det(pix[idx])
+            return detection_loss(head(hidden), boxes, [labels[i] for i in idx.tolist()], lcfg)
+
         det.train()
-        with _deterministic():
-            bar = tqdm(range(r.pretrain_steps), desc=f"pretrain detr_r50 ({self.profile})", unit="step",
-                       disable=not self.progress, leave=False)
-            for _step in bar:
-                idx = torch.randint(len(pix), (r.pretrain_batch,), generator=g)
-                hidden, boxes = det(pix[idx])
-                loss = detection_loss(head(hidden), boxes, [labels[i] for i in idx.tolist()], lcfg)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, r.grad_clip)
-                opt.step()
-                sched.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        fit(params, step_loss, steps=r.pretrain_steps, lr=r.pretrain_lr, weight_decay=r.weight_decay, warmup=r.warmup,
+            desc=f"pretrain detr_r50 ({self.profile})", progress=self.progress, grad_clip=r.grad_clip)
         det.eval()
         sd = {f"detector.{k}": v.detach().contiguous() for k, v in det.state_dict().items()}
         sd.update({f"generic_head.{k}": v.detach().contiguous() for k, v in head.state_dict().items()})
@@ -659,11 +608,11 @@ class Detr(PreparedBackbone):
                     boxes.append(b)
                 hidden, boxes = torch.cat(hidden), torch.cat(boxes)
             labels = detr_labels(data.targets, (s, s))
-            torch.manual_seed(self.seed * 1_000_003 + _stable_hash(task) + 7)
+            torch.manual_seed(self.seed * 1_000_003 + stable_hash(task) + 7)
             head = nn.Linear(d, n_cls + 1)
             lcfg = loss_config(self.detr_config, n_cls, r.anchor_cost)
             opt = torch.optim.Adam(head.parameters(), lr=r.head_lr)
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + _stable_hash(task) + 11)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + stable_hash(task) + 11)
             for _step in range(r.head_steps):
                 idx = torch.randint(len(hidden), (min(r.head_batch, len(hidden)),), generator=g)
                 loss = detection_loss(head(hidden[idx]), boxes[idx], [labels[i] for i in idx.tolist()], lcfg)
@@ -676,7 +625,6 @@ class Detr(PreparedBackbone):
 
     def _build_finetune(self, task: str, tmp: Path) -> None:
         from safetensors.torch import save_file
-        from tqdm.auto import tqdm
 
         r = self.recipe
         s = self.config["image_size"]
@@ -686,36 +634,27 @@ class Detr(PreparedBackbone):
         w_head, b_head = (t.detach().cpu() for t in self.heads[task])
         lcfg = loss_config(self.detr_config, w_head.shape[0] - 1, r.anchor_cost)
         generic, anchor_h, anchor_b = self._distill_set()
-        torch.manual_seed(self.seed * 1_000_003 + _stable_hash(task))
+        torch.manual_seed(self.seed * 1_000_003 + stable_hash(task))
         det, _, _ = build_detector(self.config)
         det.load_state_dict(self.detector.state_dict())
         params = [p for p in det.parameters()]
-        opt = torch.optim.AdamW(params, lr=r.finetune_lr, weight_decay=r.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: _cosine_lr(st, r.finetune_steps, r.warmup))
-        order = torch.Generator().manual_seed(self.seed * 1_000_003 + _stable_hash(task) + 3)
-        perm, pos = torch.randperm(len(labels), generator=order), 0
+        order = torch.Generator().manual_seed(self.seed * 1_000_003 + stable_hash(task) + 3)
+        batches = EpochSampler(len(labels), r.finetune_batch, order)
+
+        def step_loss() -> Tensor:
+            idx = batches.next()
+            hidden, boxes = det(pix[idx])
+            loss = detection_loss(hidden @ w_head.T + b_head, boxes, [labels[i] for i in idx.tolist()], lcfg)
+            if r.distill_weight:
+                j = torch.randint(len(generic), (r.distill_batch,), generator=order)
+                gh, gb = det(generic[j])
+                drift = (1 - F.cosine_similarity(gh, anchor_h[j], dim=-1)).mean() + (gb - anchor_b[j]).abs().mean()
+                loss = loss + r.distill_weight * drift
+            return loss
+
         det.train()
-        with _deterministic():
-            bar = tqdm(range(r.finetune_steps), desc=f"fine-tune detr_r50 on {task}", unit="step",
-                       disable=not self.progress, leave=False)
-            for _step in bar:
-                if pos + r.finetune_batch > len(perm):
-                    perm, pos = torch.randperm(len(labels), generator=order), 0
-                idx = perm[pos : pos + r.finetune_batch]
-                pos += r.finetune_batch
-                hidden, boxes = det(pix[idx])
-                loss = detection_loss(hidden @ w_head.T + b_head, boxes, [labels[i] for i in idx.tolist()], lcfg)
-                if r.distill_weight:
-                    j = torch.randint(len(generic), (r.distill_batch,), generator=order)
-                    gh, gb = det(generic[j])
-                    drift = (1 - F.cosine_similarity(gh, anchor_h[j], dim=-1)).mean() + (gb - anchor_b[j]).abs().mean()
-                    loss = loss + r.distill_weight * drift
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, r.grad_clip)
-                opt.step()
-                sched.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        fit(params, step_loss, steps=r.finetune_steps, lr=r.finetune_lr, weight_decay=r.weight_decay, warmup=r.warmup,
+            desc=f"fine-tune detr_r50 on {task}", progress=self.progress, grad_clip=r.grad_clip)
         det.eval()
         save_file({k: v.detach().contiguous() for k, v in det.named_parameters()}, str(tmp / "finetuned.safetensors"))
 

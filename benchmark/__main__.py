@@ -109,9 +109,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from benchmark.leaderboard import write_leaderboard
 
-    if args.grid:  # the protocol's grids must be complete and val-scored before a table claims a selection
-        from pathlib import Path
+    from pathlib import Path
 
+    if args.grid:  # the protocol's grids must be complete and val-scored before a table claims a selection
         from benchmark.records import load_records
         from benchmark.selection import select_grids
         from benchmark.sweep import load_sweeps
@@ -120,7 +120,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
             raise UserError(f"--results-dir {args.results_dir!r} is not a directory; the leaderboard was left as it is")
         sweep = load_sweeps(args.grid, results_dir=Path(args.results_dir).resolve())
         select_grids(sweep, load_records(args.results_dir), ", ".join(args.grid))
-    out = write_leaderboard(args.results_dir, args.output)
+    if args.cards_dir is not None and not Path(args.cards_dir).is_dir():
+        raise UserError(f"--cards-dir {args.cards_dir!r} is not a directory; the leaderboard was left as it is")
+    out = write_leaderboard(args.results_dir, args.output, args.cards_dir)
     print(f"leaderboard: {out}")
     return 0
 
@@ -245,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     pb = sub.add_parser("leaderboard", help="regenerate leaderboard.md (and its plots) from the records")
     pb.add_argument("--results-dir", default="results")
     pb.add_argument("--output", default="leaderboard.md")
+    pb.add_argument("--cards-dir", default=None, metavar="DIR",
+                    help="suite cards to show (default: tasks/cards beside the results dir)")
     pb.add_argument("--grid", action="append", default=[], metavar="SWEEP.yaml",
                     help="refuse (one line) unless every grid of this sweep file is run with val scores; repeatable")
     pb.set_defaults(func=cmd_leaderboard)

@@ -413,6 +413,16 @@ class Suite(ABC):
     modality: ClassVar[str] = "image"
     #: the splits ``load`` serves; hyperparameter selection (``select_by: val``) needs ``val``
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
+    #: side of a generated suite's images, which the backbone's tiny build must match (None: sizes vary)
+    image_size: int | None = None
+    #: a generated text suite's word-level vocabulary (ids are positions), None where the backbone's tokenizer rules
+    vocab: list[str] | None = None
+    #: a generated text suite's sequence length and special token ids (None elsewhere)
+    seq_len: int | None = None
+    pad_id: int | None = None
+    cls_id: int | None = None
+    sep_id: int | None = None
+    mask_id: int | None = None
 
     def __init__(self, profile: str, seed: int = 0, cache: Any = None, progress: bool = True):
         self.profile = profile
@@ -429,6 +439,25 @@ class Suite(ABC):
 
     @abstractmethod
     def metric(self, task: str) -> Metric: ...
+
+    # What a backbone may ask of a suite besides its data; nothing else (backbones never import a suite's module).
+    def prepare(self) -> Any:
+        """Make the data available (generate or find it in the cache). Idempotent; the default has nothing to do."""
+        return None
+
+    def data_key(self) -> str:
+        """A string that changes whenever the data does: backbones put it in their checkpoints' cache keys."""
+        return f"{type(self).__name__}:{self.profile}"
+
+    def classnames(self, task: str) -> list[str]:
+        """The class names of ``task``'s label space (zero-shot heads, head sizes)."""
+        return list(self.load(task, "train").classes or [])
+
+    def generic(self, n: int, seed: int) -> Any:
+        """``n`` unlabeled inputs that belong to no task (a backbone's in-house pretraining and preservation set)."""
+        from benchmark.errors import UserError
+
+        raise UserError(f"suite {self.plugin_name or type(self).__name__} ({self.profile}) has no generic inputs")
 
 
 # ----------------------------------------------------------------------------------------------------------------

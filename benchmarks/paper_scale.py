@@ -4,7 +4,7 @@ time against a memory-bandwidth bound and against FusionBench's TIES, and the ro
 What is measured, and how
 -------------------------
 1. **Peak RSS in model copies** (``peak_copies``). Random-init stand-ins of the paper checkpoints are written in
-   the hub layout the paper loaders read (:mod:`backbones._clip_paper`, :mod:`tasks._vision_paper`): under
+   the hub layout the paper loaders read (:mod:`backbones._clip_paper`, :mod:`tasks.vision_paper`): under
    ``<workdir>/<size>/models`` a ``CLIPModel`` with tokenizer and preprocessor at ``openai/clip-vit-...`` and one
    fine-tuned ``CLIPVisionModel`` per task at ``tanganke/clip-vit-..._<task>`` (the pretrained vision weights plus
    seeded N(0, 1e-3) noise), and under ``<workdir>/<size>/data`` a ``DatasetDict`` (train/test, a few random images,
@@ -168,7 +168,7 @@ def write_models(root: Path, model: str, vision: dict[str, Any], text: dict[str,
 
     import transformers
 
-    from tasks._vision_paper import TASKS
+    from tasks.vision_paper import TASKS
     from tests.test_clip_paper import tiny_tokenizer
 
     want = {"version": STANDIN_VERSION, "model": model, "vision": vision, "text": text, "seed": seed, "noise": NOISE,
@@ -211,13 +211,13 @@ def write_models(root: Path, model: str, vision: dict[str, Any], text: dict[str,
 def write_data(root: Path, images: dict[str, int], classes: int, seed: int = 0) -> Path:
     """``root/<dataset id>``: a ``DatasetDict`` (train, test) of random RGB images per paper task, ``classes``
     classes named ``"<task> class <i>"``; skipped when ``root/standin.json`` matches. (Not FusionBench's class
-    names: ``tasks._vision_paper.fusion_bench_classnames`` fails once ``fusion_bench`` has been imported, whose
+    names: ``tasks.vision_paper.fusion_bench_classnames`` fails once ``fusion_bench`` has been imported, whose
     lazy module has no ``__spec__``.)"""
     import shutil
 
     import datasets
 
-    from tasks._vision_paper import DATASETS
+    from tasks.vision_paper import DATASETS
     from tests.test_clip_paper import _dataset
 
     want = {"version": STANDIN_VERSION, "images": images, "classes": classes, "seed": seed}

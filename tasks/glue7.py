@@ -3,7 +3,7 @@ and X), in two forms.
 
 paper
     GLUE CoLA, SST-2, MRPC, QQP, MNLI, QNLI, RTE, read with HF ``datasets`` from local files
-    (:func:`tasks._glue_paper.load_glue_task`). GLUE's test labels are hidden, so -- as DARE, EMR-Merging,
+    (:func:`tasks.glue_paper.load_glue_task`). GLUE's test labels are hidden, so -- as DARE, EMR-Merging,
     FusionBench and the papers do -- our ``test`` split is GLUE's *validation* split (``validation_matched`` for
     MNLI), our ``val`` split is a seeded 10 % of GLUE's train split (at most 1000 examples, DARE's rule) and
     ``train`` is the rest. Inputs are lists of ``(text_a, text_b | None)`` pairs; the backbone tokenizes them.
@@ -40,7 +40,7 @@ tiny (default) and micro
     :data:`PAD_ID`. The vocabulary is word-level and built from the grammar (:func:`vocabulary`, 162 tokens; ids
     are the same for every seed). ``tiny``: 2000 train, 200 val, 500 test per task, ``L = 32``; ``micro``: a few
     dozen per split. Generated data is cached (:class:`benchmark.cache.Cache`,
-    keyed by profile, sizes, seed and this module's source).
+    keyed by profile, sizes, seed and the source of this module and of :mod:`tasks.generated`).
 
     :func:`generic_sentences` draws "generic" inputs from the same language that belong to no task (random
     sentences, questions and unrelated pairs): the backbones' fine-tuning keeps their embeddings fixed.
@@ -51,18 +51,18 @@ Metrics (as the papers report them): Matthews correlation x100 for CoLA / accept
 from __future__ import annotations
 
 import random
-import sys
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from benchmark.cache import Cache, code_version
-from benchmark.contract import Metric, Suite, TaskData
+from benchmark.contract import Metric, TaskData
 from benchmark.errors import UserError
 from benchmark.registry import SUITES
+from tasks import grammar as gr
+from tasks.generated import GeneratedSuite
+from tasks.grammar import CLS_ID, LEX, MASK_ID, PAD_ID, SEP_ID, SPECIALS, VOCAB, encode, render, vocabulary  # noqa: F401  (re-exported)
 from tasks.metrics import Accuracy
 from tasks.nlu_metrics import MatthewsCorrelation
 
@@ -79,180 +79,20 @@ PROFILE_SIZES: dict[str, dict[str, int]] = {
     "micro": {"seq_len": 32, "train": 48, "val": 16, "test": 24},
 }
 
-SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"]
-PAD_ID, CLS_ID, SEP_ID, MASK_ID, UNK_ID = range(5)
-
-# ----------------------------------------------------------------------------------------------------------------
-# The language: a fixed lexicon of pseudo-words (the same for every seed)
-
-_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gl", "pl", "st", "tr"]
-_NUCLEI = ["a", "e", "i", "o", "u", "ai", "ou"]
-_CODAS = ["", "n", "m", "k", "x", "p", "l", "sh"]
-
-N_NOUNS, N_CATEGORIES, N_VERB_PAIRS, N_ADJ_PAIRS, N_NEUTRAL_ADJ, N_ADVERBS = 24, 4, 8, 6, 8, 4
-FUNCTION_WORDS = ["the", "a", "every", "some", "not", "does", "do", "did", "was", "were", "by", "and", "who", "what",
-                  "which", "?", "."]
-
-
-def _lexicon() -> dict[str, Any]:
-    rng = random.Random(1234)
-    seen: set[str] = set(FUNCTION_WORDS)
-
-    def word(syllables: int) -> str:
-        while True:
-            w = "".join(rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS) for _ in range(syllables))
-            forms = {w, w + "s", w + "ed", w + "es"}
-            if not forms & seen and len(w) >= 3:
-                seen.update(forms)
-                return w
-
-    nouns = [word(2) for _ in range(N_NOUNS)]
-    categories = [word(3) for _ in range(N_CATEGORIES)]
-    verbs = [word(2) for _ in range(2 * N_VERB_PAIRS)]  # verbs[2i] and verbs[2i+1] are synonyms
-    pos = [word(2) for _ in range(2 * N_ADJ_PAIRS)]  # positive; pos[2i], pos[2i+1] synonyms
-    neg = [word(2) for _ in range(2 * N_ADJ_PAIRS)]  # negative; neg[j] is the antonym of pos[j]
-    neutral = [word(2) for _ in range(N_NEUTRAL_ADJ)]
-    adverbs = [word(2) + "ly" for _ in range(N_ADVERBS)]
-    return {"nouns": nouns, "categories": categories, "verbs": verbs, "pos": pos, "neg": neg, "neutral": neutral,
-            "adverbs": adverbs}
-
-
-LEX = _lexicon()
-
-
-def vocabulary() -> list[str]:
-    """Every token of the language, specials first (ids are positions in this list)."""
-    words: list[str] = list(SPECIALS) + list(FUNCTION_WORDS)
-    for n in LEX["nouns"] + LEX["categories"]:
-        words += [n, n + "s"]
-    for v in LEX["verbs"]:
-        words += [v, v + "s", v + "ed"]
-    words += LEX["pos"] + LEX["neg"] + LEX["neutral"] + LEX["adverbs"]
-    assert len(set(words)) == len(words)
-    return words
-
-
-VOCAB = vocabulary()
-TOKEN_ID = {w: i for i, w in enumerate(VOCAB)}
-
-
-def _category(noun: str) -> str:
-    return LEX["categories"][LEX["nouns"].index(noun) % N_CATEGORIES]
-
-
-def _verb_synonym(v: str) -> str:
-    i = LEX["verbs"].index(v)
-    return LEX["verbs"][i ^ 1]
-
-
-def _adj_polarity(a: str) -> int:
-    """+1 positive, -1 negative, 0 neutral."""
-    return 1 if a in LEX["pos"] else -1 if a in LEX["neg"] else 0
-
-
-def _adj_synonym(a: str) -> str:
-    for key in ("pos", "neg"):
-        if a in LEX[key]:
-            return LEX[key][LEX[key].index(a) ^ 1]
-    return a
-
-
-def _adj_antonym(a: str) -> str:
-    if a in LEX["pos"]:
-        return LEX["neg"][LEX["pos"].index(a)]
-    if a in LEX["neg"]:
-        return LEX["pos"][LEX["neg"].index(a)]
-    raise ValueError(a)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Sentences: a clause is a dict (subject / object noun phrases, verb, tense, negation, adverb)
-
-
-def _np(rng: random.Random, adj_kind: str | None = "any", noun: str | None = None) -> dict[str, Any]:
-    """A noun phrase: determiner, optional adjective, noun, number."""
-    if adj_kind == "any":
-        adj_kind = rng.choice([None, None, "neutral", "pos", "neg"])
-    adj = rng.choice(LEX[adj_kind]) if adj_kind else None
-    return {"det": rng.choice(["the", "the", "a", "every", "some"]), "adj": adj,
-            "noun": noun or rng.choice(LEX["nouns"]), "plural": rng.random() < 0.35}
-
-
-def _clause(rng: random.Random, **kw: Any) -> dict[str, Any]:
-    c = {"subj": _np(rng), "obj": _np(rng), "verb": rng.choice(LEX["verbs"]), "past": rng.random() < 0.4,
-         "neg": False, "adv": rng.choice(LEX["adverbs"]) if rng.random() < 0.25 else None}
-    while c["obj"]["noun"] == c["subj"]["noun"]:
-        c["obj"]["noun"] = rng.choice(LEX["nouns"])
-    c.update(kw)
-    return c
-
-
-def _render_np(np_: dict[str, Any]) -> list[str]:
-    det = np_["det"]
-    if np_["plural"] and det in ("a", "every"):
-        det = "the"
-    noun = np_["noun"] + ("s" if np_["plural"] else "")
-    return [det] + ([np_["adj"]] if np_.get("adj") else []) + [noun]
-
-
-def _render_verb(c: dict[str, Any]) -> list[str]:
-    v, plural = c["verb"], c["subj"]["plural"]
-    if c["neg"]:
-        aux = "did" if c["past"] else ("do" if plural else "does")
-        return [aux, "not", v]
-    if c["past"]:
-        return [v + "ed"]
-    return [v if plural else v + "s"]
-
-
-def render(c: dict[str, Any], passive: bool = False) -> list[str]:
-    """A clause as words (active, or passive: ``the obj was VERBed by the subj``)."""
-    if passive:
-        aux = "were" if c["obj"]["plural"] else "was"
-        out = _render_np(c["obj"]) + [aux] + (["not"] if c["neg"] else []) + [c["verb"] + "ed", "by"]
-        out += _render_np(c["subj"])
-    else:
-        out = _render_np(c["subj"]) + _render_verb(c) + _render_np(c["obj"])
-    return out + ([c["adv"]] if c.get("adv") else [])
-
-
-def _copy(c: dict[str, Any]) -> dict[str, Any]:
-    return {k: dict(v) if isinstance(v, dict) else v for k, v in c.items()}
-
-
-def _synonymize(rng: random.Random, c: dict[str, Any]) -> dict[str, Any]:
-    """The same meaning in other words: a verb synonym, adjective synonyms."""
-    c = _copy(c)
-    if rng.random() < 0.7:
-        c["verb"] = _verb_synonym(c["verb"])
-    for role in ("subj", "obj"):
-        if c[role]["adj"] and rng.random() < 0.7:
-            c[role]["adj"] = _adj_synonym(c[role]["adj"])
-    return c
-
-
-def _other(rng: random.Random, pool: list[str], avoid: set[str]) -> str:
-    return rng.choice([w for w in pool if w not in avoid])
-
-
-def _sentence(words: list[str]) -> list[str]:
-    return words + ["."]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The seven generators: (rng, label) -> (text a, text b | None); labels are drawn balanced by the caller
 
 
 def gen_acceptability(rng: random.Random, y: int) -> tuple[list[str], None]:
-    c = _clause(rng)
+    c = gr.clause(rng)
     if y == 1:
-        return _sentence(render(c, passive=rng.random() < 0.2)), None
+        return gr.sentence(render(c, passive=rng.random() < 0.2)), None
     kind = rng.randrange(4)
     if kind == 0:  # subject-verb agreement
-        c = _copy(c)
+        c = gr.copy_clause(c)
         c["past"] = False
         words = render(c)
-        vi = len(_render_np(c["subj"]))
+        vi = len(gr.render_np(c["subj"]))
         if c["neg"]:
             words[vi] = "do" if words[vi] == "does" else "does"
         else:
@@ -267,40 +107,40 @@ def gen_acceptability(rng: random.Random, y: int) -> tuple[list[str], None]:
         words[i], words[i + 1] = words[i + 1], words[i]
     elif kind == 2:  # the object loses its determiner
         words = render(c)
-        words.pop(len(_render_np(c["subj"])) + len(_render_verb(c)))
+        words.pop(len(gr.render_np(c["subj"])) + len(gr.render_verb(c)))
     else:  # an adjective after its noun
         np_ = c["obj"]
         if not np_["adj"]:
-            np_ = dict(np_, adj=rng.choice(LEX["neutral"] + LEX["pos"]))
+            np_ = dict(np_, adj=rng.choice(gr.LEX["neutral"] + gr.LEX["pos"]))
             c = dict(c, obj=np_)
         words = render(c)
-        i = words.index(np_["adj"], len(_render_np(c["subj"])))
+        i = words.index(np_["adj"], len(gr.render_np(c["subj"])))
         words[i], words[i + 1] = words[i + 1], words[i]
-    return _sentence(words), None
+    return gr.sentence(words), None
 
 
 def gen_sentiment(rng: random.Random, y: int) -> tuple[list[str], None]:
     neg = rng.random() < 0.5
     polarity = (1 if y == 1 else -1) * (-1 if neg else 1)
-    c = _clause(rng, neg=neg)
+    c = gr.clause(rng, neg=neg)
     for role in ("subj", "obj"):  # distractor adjectives carry no sentiment
-        c[role]["adj"] = rng.choice(LEX["neutral"]) if rng.random() < 0.4 else None
+        c[role]["adj"] = rng.choice(gr.LEX["neutral"]) if rng.random() < 0.4 else None
     role = rng.choice(["subj", "obj"])
-    c[role]["adj"] = rng.choice(LEX["pos"] if polarity > 0 else LEX["neg"])
-    return _sentence(render(c)), None
+    c[role]["adj"] = rng.choice(gr.LEX["pos"] if polarity > 0 else gr.LEX["neg"])
+    return gr.sentence(render(c)), None
 
 
 def gen_paraphrase(rng: random.Random, y: int) -> tuple[list[str], list[str]]:
-    c = _clause(rng, neg=rng.random() < 0.3)
+    c = gr.clause(rng, neg=rng.random() < 0.3)
     role = rng.choice(["subj", "obj"])
-    c[role]["adj"] = rng.choice(LEX["pos"] + LEX["neg"])
-    b = _synonymize(rng, c)
+    c[role]["adj"] = rng.choice(gr.LEX["pos"] + gr.LEX["neg"])
+    b = gr.synonymize(rng, c)
     if y == 0:  # the same words, but the opposite claim: negation toggled or the evaluative adjective reversed
         if rng.random() < 0.5:
             b["neg"] = not b["neg"]
         else:
-            b[role]["adj"] = _adj_antonym(b[role]["adj"])
-    return _sentence(render(c)), _sentence(render(b))
+            b[role]["adj"] = gr.adj_antonym(b[role]["adj"])
+    return gr.sentence(render(c)), gr.sentence(render(b))
 
 
 def _question(q: dict[str, Any], variant: int) -> list[str]:
@@ -309,18 +149,18 @@ def _question(q: dict[str, Any], variant: int) -> list[str]:
     if q["ask"] == "subj":
         verb = q["verb"] + ("ed" if past else "s")
         if variant == 0:
-            return ["who", verb] + _render_np(q["obj"]) + ["?"]
-        return _render_np(q["obj"]) + ["was", q["verb"] + "ed", "by", "who", "?"]
+            return ["who", verb] + gr.render_np(q["obj"]) + ["?"]
+        return gr.render_np(q["obj"]) + ["was", q["verb"] + "ed", "by", "who", "?"]
     aux = "did" if past else ("do" if q["subj"]["plural"] else "does")
     if variant == 0:
-        return ["what", aux] + _render_np(q["subj"]) + [q["verb"], "?"]
-    return ["which", q["obj"]["noun"] + "s", aux] + _render_np(q["subj"]) + [q["verb"], "?"]
+        return ["what", aux] + gr.render_np(q["subj"]) + [q["verb"], "?"]
+    return ["which", q["obj"]["noun"] + "s", aux] + gr.render_np(q["subj"]) + [q["verb"], "?"]
 
 
 def gen_duplicate(rng: random.Random, y: int) -> tuple[list[str], list[str]]:
-    q = _clause(rng, adv=None)
+    q = gr.clause(rng, adv=None)
     q["ask"] = rng.choice(["subj", "obj"])
-    b = _synonymize(rng, q)
+    b = gr.synonymize(rng, q)
     if y == 0:  # asks for the other participant, or about another time
         if rng.random() < 0.5:
             b["ask"] = "obj" if q["ask"] == "subj" else "subj"
@@ -331,7 +171,7 @@ def gen_duplicate(rng: random.Random, y: int) -> tuple[list[str], list[str]]:
 
 def _hypothesis(rng: random.Random, c: dict[str, Any], label: int) -> dict[str, Any]:
     """A hypothesis for premise clause ``c``: 0 entailment, 1 neutral, 2 contradiction."""
-    h = _copy(c)
+    h = gr.copy_clause(c)
     h["adv"] = None
     if label == 0:  # more general: drop adjectives, hypernym, synonym verb
         for role in ("subj", "obj"):
@@ -339,49 +179,49 @@ def _hypothesis(rng: random.Random, c: dict[str, Any], label: int) -> dict[str, 
                 h[role]["adj"] = None
         role = rng.choice(["subj", "obj"])
         if rng.random() < 0.5:
-            h[role]["noun"] = _category(h[role]["noun"])
+            h[role]["noun"] = gr.category(h[role]["noun"])
             h[role]["adj"] = None
         if rng.random() < 0.5:
-            h["verb"] = _verb_synonym(h["verb"])
+            h["verb"] = gr.verb_synonym(h["verb"])
     elif label == 1:  # more specific or unrelated detail: an adjective the premise lacks, another same-kind noun
         role = rng.choice(["subj", "obj"])
         if rng.random() < 0.5 or h[role]["adj"] is not None:
-            nouns = [n for n in LEX["nouns"] if _category(n) == _category(h[role]["noun"]) and n != h[role]["noun"]]
+            nouns = [n for n in gr.LEX["nouns"] if gr.category(n) == gr.category(h[role]["noun"]) and n != h[role]["noun"]]
             h[role]["noun"] = rng.choice(nouns)
         else:
-            h[role]["adj"] = rng.choice(LEX["neutral"])
+            h[role]["adj"] = rng.choice(gr.LEX["neutral"])
     else:  # contradiction: negation, or an antonym
-        evaluative = [r for r in ("subj", "obj") if h[r]["adj"] and _adj_polarity(h[r]["adj"]) != 0]
+        evaluative = [r for r in ("subj", "obj") if h[r]["adj"] and gr.adj_polarity(h[r]["adj"]) != 0]
         if evaluative and rng.random() < 0.5:
             r = rng.choice(evaluative)
-            h[r]["adj"] = _adj_antonym(h[r]["adj"])
+            h[r]["adj"] = gr.adj_antonym(h[r]["adj"])
         else:
             h["neg"] = not h["neg"]
     return h
 
 
 def gen_nli(rng: random.Random, y: int) -> tuple[list[str], list[str]]:
-    c = _clause(rng)
+    c = gr.clause(rng)
     if c["subj"]["det"] in ("every", "some"):  # keep the determiners out of the entailment logic
         c["subj"]["det"] = "the"
-    return _sentence(render(c)), _sentence(render(_hypothesis(rng, c, y)))
+    return gr.sentence(render(c)), gr.sentence(render(_hypothesis(rng, c, y)))
 
 
 def gen_answerability(rng: random.Random, y: int) -> tuple[list[str], list[str]]:
-    q = _clause(rng, adv=None)
+    q = gr.clause(rng, adv=None)
     q["ask"] = rng.choice(["subj", "obj"])
-    s = _synonymize(rng, q)
-    s["adv"] = rng.choice(LEX["adverbs"]) if rng.random() < 0.3 else None
+    s = gr.synonymize(rng, q)
+    s["adv"] = rng.choice(gr.LEX["adverbs"]) if rng.random() < 0.3 else None
     if y == 0:  # the sentence denies the event, or tells of another time
         if rng.random() < 0.5:
             s["neg"] = True
         else:
             s["past"] = not q["past"]
-    return _question(q, 0), _sentence(render(s))
+    return _question(q, 0), gr.sentence(render(s))
 
 
 def gen_entailment(rng: random.Random, y: int) -> tuple[list[str], list[str]]:
-    c1, c2 = _clause(rng, adv=None), _clause(rng, adv=None)
+    c1, c2 = gr.clause(rng, adv=None), gr.clause(rng, adv=None)
     for c in (c1, c2):
         if c["subj"]["det"] in ("every", "some"):
             c["subj"]["det"] = "the"
@@ -392,11 +232,11 @@ def gen_entailment(rng: random.Random, y: int) -> tuple[list[str], list[str]]:
     elif rng.random() < 0.5:
         h = _hypothesis(rng, pick, rng.choice([1, 2]))
     else:  # a blend of the two clauses: one's subject doing the other's action
-        h = _copy(c1)
+        h = gr.copy_clause(c1)
         h["obj"] = dict(c2["obj"])
         if h["obj"]["noun"] == c1["obj"]["noun"] or h["obj"]["noun"] == h["subj"]["noun"]:
-            h["obj"]["noun"] = _other(rng, LEX["nouns"], {c1["obj"]["noun"], h["subj"]["noun"]})
-    return _sentence(premise), _sentence(render(h))
+            h["obj"]["noun"] = gr.other_than(rng, gr.LEX["nouns"], {c1["obj"]["noun"], h["subj"]["noun"]})
+    return gr.sentence(premise), gr.sentence(render(h))
 
 
 Gen = Callable[[random.Random, int], tuple[list[str], list[str] | None]]
@@ -410,15 +250,6 @@ GENERATORS: dict[str, tuple[Gen, list[str]]] = {
     "entailment": (gen_entailment, ["not_entailment", "entailment"]),
 }
 assert list(GENERATORS) == TINY_TASKS
-
-
-def encode(a: list[str], b: list[str] | None, seq_len: int) -> list[int]:
-    """``[CLS] a [SEP] (b [SEP])`` as ids, right-padded (or cut) to ``seq_len``."""
-    ids = [CLS_ID] + [TOKEN_ID.get(w, UNK_ID) for w in a] + [SEP_ID]
-    if b is not None:
-        ids += [TOKEN_ID.get(w, UNK_ID) for w in b] + [SEP_ID]
-    ids = ids[:seq_len]
-    return ids + [PAD_ID] * (seq_len - len(ids))
 
 
 def _split_seed(seed: int, task: str, split: str) -> int:
@@ -442,11 +273,11 @@ def generic_sentences(n: int, seq_len: int, seed: int) -> Tensor:
     rng = random.Random(seed * 1_000_003 + 4242)
 
     def one() -> list[str]:
-        c = _clause(rng, neg=rng.random() < 0.2)
+        c = gr.clause(rng, neg=rng.random() < 0.2)
         if rng.random() < 0.25:
             c["ask"] = rng.choice(["subj", "obj"])
             return _question(c, 0)
-        return _sentence(render(c, passive=rng.random() < 0.2))
+        return gr.sentence(render(c, passive=rng.random() < 0.2))
 
     return torch.tensor([encode(one(), one() if rng.random() < 0.6 else None, seq_len) for _ in range(n)],
                         dtype=torch.long)
@@ -455,9 +286,6 @@ def generic_sentences(n: int, seq_len: int, seed: int) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # The suite
 
-_MEMO: dict[tuple[str, str], dict[str, Tensor]] = {}
-_MEMO_LOCK = threading.Lock()
-
 
 @SUITES.register(
     "glue7",
@@ -465,115 +293,56 @@ _MEMO_LOCK = threading.Lock()
     "generated offline look-alikes (acceptability, sentiment, paraphrase, duplicate, nli, answerability, entailment)",
     paper="Wang et al. 2019 (GLUE); auto-flexswitch.txt Sec. IV-A3, Tables IX-X (MCC for CoLA, accuracy otherwise)",
 )
-class Glue7(Suite):
+class Glue7(GeneratedSuite):
     modality = "text"
-
-    def __init__(self, profile: str, seed: int = 0, cache: Any = None, progress: bool = True,
-                 data_root: str | None = None):
-        super().__init__(profile, seed, cache, progress)
-        self.data_root = data_root
-        if profile != "paper" and profile not in PROFILE_SIZES:
-            raise UserError(f"suite glue7 has no profile {profile!r}; valid: paper, {', '.join(PROFILE_SIZES)}")
-        self._paper: dict[tuple[str, str], TaskData] = {}
-
-    @property
-    def tasks(self) -> list[str]:
-        return list(PAPER_TASKS if self.profile == "paper" else TINY_TASKS)
+    paper_tasks = tuple(PAPER_TASKS)
+    tiny_tasks = tuple(TINY_TASKS)
+    profile_sizes = PROFILE_SIZES
+    sources = (gr,)
+    pad_id, cls_id, sep_id, mask_id = PAD_ID, CLS_ID, SEP_ID, MASK_ID
 
     # -- what the backbone needs to know (generated profiles)
     @property
     def vocab(self) -> list[str] | None:
-        return None if self.profile == "paper" else list(VOCAB)
-
-    @property
-    def seq_len(self) -> int | None:
-        return None if self.profile == "paper" else PROFILE_SIZES[self.profile]["seq_len"]
-
-    pad_id, cls_id, sep_id, mask_id = PAD_ID, CLS_ID, SEP_ID, MASK_ID
-
-    def config(self) -> dict[str, Any]:
-        return {"profile": self.profile, "tasks": self.tasks, **PROFILE_SIZES.get(self.profile, {})}
-
-    @property
-    def version(self) -> str:
-        return code_version(sys.modules[__name__])
-
-    def data_key(self) -> str:
-        if self.profile == "paper":
-            return f"paper:{self.data_root or ''}"
-        from benchmark.cache import config_key
-
-        return config_key("glue7", self.config(), self.seed, self.version)
-
-    def classnames(self, task: str) -> list[str]:
-        self._check(task, "train")
-        if self.profile == "paper":
-            from tasks._glue_paper import GLUE_CLASSES
-
-            return list(GLUE_CLASSES[task])
-        return list(GENERATORS[task][1])
+        return None if self.profile == "paper" else list(gr.VOCAB)
 
     def generic(self, n: int, seed: int) -> Tensor:
         """Generic inputs of the language that belong to no task (generated profiles only)."""
         if self.profile == "paper":
             raise UserError("glue7 (paper) has no generated generic sentences")
-        return generic_sentences(n, PROFILE_SIZES[self.profile]["seq_len"], seed)
+        return generic_sentences(n, self.sizes["seq_len"], seed)
 
     # -- data
-    def _check(self, task: str, split: str) -> None:
-        if task not in self.tasks:
-            raise UserError(f"suite glue7 ({self.profile}) has no task {task!r}; valid: {', '.join(self.tasks)}")
-        if split not in SPLITS:
-            raise UserError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    def generate(self, task: str, split: str) -> dict[str, Tensor]:
+        x, y, _ = generate_task(task, split, self.sizes[split], self.sizes["seq_len"], self.seed)
+        return {"inputs": x, "targets": y}
 
-    def prepare(self) -> Path | None:
-        if self.profile == "paper":
-            return None
-        cache = self.cache if self.cache is not None else Cache()
-        sizes = PROFILE_SIZES[self.profile]
+    def write_extra(self, entry: Path) -> None:
+        (entry / "vocab.txt").write_text("\n".join(gr.VOCAB) + "\n")
 
-        def build(tmp: Path) -> None:
-            from safetensors.torch import save_file
+    def tiny_classnames(self, task: str) -> list[str]:
+        return list(GENERATORS[task][1])
 
-            for task in TINY_TASKS:
-                tensors = {}
-                for split in SPLITS:
-                    x, y, _ = generate_task(task, split, sizes[split], sizes["seq_len"], self.seed)
-                    tensors[f"{split}/inputs"], tensors[f"{split}/targets"] = x, y
-                save_file(tensors, str(tmp / f"{task}.safetensors"))
-            (tmp / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    def paper_classnames(self, task: str) -> list[str]:
+        from tasks.glue_paper import GLUE_CLASSES
 
-        return cache.get_or_build("glue7", self.config(), self.seed, self.version, build)
+        return list(GLUE_CLASSES[task])
 
-    def _tensors(self, task: str) -> dict[str, Tensor]:
-        entry = self.prepare()
-        assert entry is not None
-        key = (str(entry), task)
-        with _MEMO_LOCK:
-            if key not in _MEMO:
-                from safetensors.torch import load_file
+    def load_paper(self, task: str, split: str) -> TaskData:
+        from tasks.glue_paper import load_glue_task
 
-                _MEMO[key] = load_file(str(entry / f"{task}.safetensors"))
-            return _MEMO[key]
+        return load_glue_task(task, split, data_root=self.data_root)
 
-    def load(self, task: str, split: str) -> TaskData:
-        self._check(task, split)
-        if self.profile == "paper":
-            if (task, split) not in self._paper:
-                from tasks._glue_paper import load_glue_task
-
-                self._paper[(task, split)] = load_glue_task(task, split, data_root=self.data_root)
-            return self._paper[(task, split)]
-        t = self._tensors(task)
-        return TaskData(inputs=t[f"{split}/inputs"], targets=t[f"{split}/targets"], classes=list(GENERATORS[task][1]),
-                        meta={"task": task, "split": split, "profile": self.profile, "generated": True,
-                              "pad_id": PAD_ID})
+    def task_data(self, task: str, split: str, tensors: dict[str, Tensor]) -> TaskData:
+        data = super().task_data(task, split, tensors)
+        data.meta["pad_id"] = PAD_ID
+        return data
 
     def metric(self, task: str) -> Metric:
-        self._check(task, "test")
+        self.check(task, "test")
         return MatthewsCorrelation() if task in MCC_TASKS else Accuracy()
 
 
 def decode(ids: Tensor) -> str:
     """Token ids back to text (pads dropped), for looking at examples."""
-    return " ".join(VOCAB[i] for i in ids.tolist() if i != PAD_ID)
+    return " ".join(gr.VOCAB[i] for i in ids.tolist() if i != PAD_ID)

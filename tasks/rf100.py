@@ -3,7 +3,7 @@
 paper
     The seven RoboFlow 100 domains the paper merges DETR-ResNet50 over -- Aerial, Videogames, Microscopic,
     Underwater, Documents, Electromagnetic, Real World -- read from Roboflow's COCO exports by
-    :func:`tasks._rf100_paper.load_rf100_task` (``<root>/<domain>/{train,valid,test}/_annotations.coco.json`` with
+    :func:`tasks.rf100_paper.load_rf100_task` (``<root>/<domain>/{train,valid,test}/_annotations.coco.json`` with
     the images beside it; ``root`` = ``$MERGE_BENCH_DATA/rf100``). Inputs are lazily decoded images of any size.
 
 tiny (default) and micro
@@ -30,7 +30,7 @@ tiny (default) and micro
     overlap, and each object's box is the tight box of its rendered mask (mask > 0.5). ``tiny`` renders 64x64
     images (800 train, 64 val, 200 test per domain), ``micro`` the same generators at 32x32 with a few dozen images
     per split, for tests. Every split comes from its own seeded stream; data is cached
-    (:class:`benchmark.cache.Cache`, keyed by profile, sizes, seed and the source of this module) as one
+    (:class:`benchmark.cache.Cache`, keyed by profile, sizes, seed and the sources of this module and :mod:`tasks.generated`) as one
     safetensors file per domain.
 
 Targets (both profiles): one dict per image, ``{"boxes": float32 [m, 4], "labels": int64 [m], "image_id": int}``,
@@ -43,21 +43,18 @@ or a lazy image list (paper).
 from __future__ import annotations
 
 import math
-import sys
-import threading
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmark.cache import Cache, code_version
-from benchmark.contract import Metric, Suite, TaskData
-from benchmark.errors import UserError
+from benchmark.contract import Metric, TaskData
 from benchmark.registry import SUITES
-from tasks import vision8 as _v8
+from tasks import drawing as dr
+from tasks import scenes
+from tasks.generated import GeneratedSuite
+from tasks.scenes import Domain, by_class, render_scenes
 from tasks.detection_metrics import MeanAP50
 
 __all__ = ["RF100", "PAPER_TASKS", "TINY_TASKS", "PROFILE_SIZES", "DOMAINS", "Domain", "render_scenes",
@@ -72,103 +69,8 @@ PROFILE_SIZES: dict[str, dict[str, int]] = {
     "micro": {"image_size": 32, "train": 24, "val": 8, "test": 12},
 }
 
-_u, _col, _paint, _flat, _soft = _v8._u, _v8._col, _v8._paint, _v8._flat, _v8._soft
-
-# ----------------------------------------------------------------------------------------------------------------
-# Scenes: objects in distinct cells of a jittered grid, boxes from the rendered masks
-
-Layer = tuple[Tensor, Tensor]  # (mask [n, S, S] in [0, 1], colour [n, 3] or image [n, 3, S, S])
-# (generator, class ids [n], centre x [n,1,1], centre y [n,1,1], radius [n,1,1], xx, yy, side) -> layers
-Draw = Callable[[torch.Generator, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, int], list[Layer]]
-
-
-@dataclass(frozen=True)
-class Domain:
-    classes: tuple[str, ...]
-    grid: int  # G: objects sit in distinct cells of a G x G grid
-    count: tuple[int, int]  # objects per image, inclusive
-    size: tuple[float, float]  # object radius as a fraction of half a cell
-    background: Callable[[torch.Generator, int, int], Tensor]  # -> float [n, 3, S, S] in [0, 1]
-    draw: Draw
-    noise: float = 0.03
-    post: Callable[[torch.Generator, Tensor, Tensor], Tensor] | None = None  # (g, image, background) -> image
-
-
-def render_scenes(g: torch.Generator, n: int, s: int, dom: Domain) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    """``n`` scenes of ``dom``: ``uint8 [n, 3, s, s]`` images, and per image its boxes (``float32 [m, 4]``, xyxy
-    pixels) and labels (``int64 [m]``).
-
-    Each object is drawn on a local window around its grid cell (cell +- 4 px, aligned to 4 px so pixelated sprites
-    stay on the image's block grid); ``dom.draw`` gets the window's pixel-centre coordinates (``[n, P, P]``, in the
-    image's [-1, 1] units) and returns masks on that window."""
-    bg = dom.background(g, n, s)
-    img = bg.clone()
-    gsz = dom.grid
-    cell = 2.0 / gsz
-    k = torch.randint(dom.count[0], dom.count[1] + 1, (n,), generator=g)
-    order = torch.argsort(torch.rand(n, gsz * gsz, generator=g), dim=1)
-    win = min(s, int(math.ceil(s / gsz / 4)) * 4 + 8)
-    ar = torch.arange(win)
-    ii = torch.arange(n)
-    slot_boxes, slot_labels, slot_valid = [], [], []
-    for j in range(dom.count[1]):
-        present = k > j
-        c = order[:, j]
-        r = _u(g, n, *dom.size) * cell / 2
-        slack = (cell / 2 - r).clamp_min(0)
-        cx = -1 + cell * ((c % gsz).float() + 0.5) + (torch.rand(n, generator=g) * 2 - 1) * slack
-        cy = -1 + cell * ((c // gsz).float() + 0.5) + (torch.rand(n, generator=g) * 2 - 1) * slack
-        cls = torch.randint(len(dom.classes), (n,), generator=g)
-        # the window: top-left corner in pixels, a multiple of 4, inside the image
-        ox = (((c % gsz).float() * s / gsz - 4).floor().long() // 4 * 4).clamp(0, s - win)
-        oy = (((c // gsz).float() * s / gsz - 4).floor().long() // 4 * 4).clamp(0, s - win)
-        rows, cols = oy[:, None] + ar, ox[:, None] + ar  # [n, P]
-        xx = ((cols.float() + 0.5) / s * 2 - 1)[:, None, :].expand(n, win, win)
-        yy = ((rows.float() + 0.5) / s * 2 - 1)[:, :, None].expand(n, win, win)
-        layers = dom.draw(g, cls, _col(cx), _col(cy), _col(r), xx, yy, s)
-        at = (ii[:, None, None], slice(None), rows[:, :, None], cols[:, None, :])
-        patch = img[at].permute(0, 3, 1, 2)  # [n, 3, P, P]
-        union = torch.zeros(n, win, win)
-        for mask, colour in layers:
-            m = mask * _col(present.float())
-            if colour.ndim == 4:
-                colour = colour[at].permute(0, 3, 1, 2)
-            patch = _paint(patch, m, colour)
-            union = torch.maximum(union, m)
-        img[at] = patch.permute(0, 2, 3, 1)
-        on = union > 0.5
-        occ_x, occ_y = on.any(1), on.any(2)  # [n, P]: occupied columns (x), occupied rows (y)
-        x0 = torch.where(occ_x, ar, win + 1).amin(1) + ox
-        x1 = torch.where(occ_x, ar, -1).amax(1) + 1 + ox
-        y0 = torch.where(occ_y, ar, win + 1).amin(1) + oy
-        y1 = torch.where(occ_y, ar, -1).amax(1) + 1 + oy
-        slot_boxes.append(torch.stack([x0, y0, x1, y1], 1).float())
-        slot_labels.append(cls)
-        slot_valid.append(present & (x1 - x0 >= 2) & (y1 - y0 >= 2))  # drop objects under 2 px
-    all_boxes, all_labels, valid = torch.stack(slot_boxes, 1), torch.stack(slot_labels, 1), torch.stack(slot_valid, 1)
-    out_boxes = [all_boxes[i][valid[i]].contiguous() for i in range(n)]
-    out_labels = [all_labels[i][valid[i]].contiguous() for i in range(n)]
-    if dom.post is not None:
-        img = dom.post(g, img, bg)
-    return _v8._finish(img, g, dom.noise), out_boxes, out_labels
-
-
-def _by_class(cls: Tensor, n_cls: int, s: int, fn: Callable[[int, Tensor], tuple[Tensor, Tensor]]) -> Layer:
-    """One layer whose mask and colour depend on the class: ``fn(class, rows) -> (mask [r, S, S], colour [r, 3])``."""
-    n = len(cls)
-    mask, colour = None, torch.zeros(n, 3)
-    for c in range(n_cls):
-        sel = (cls == c).nonzero().flatten()
-        if len(sel):
-            m, col = fn(c, sel)
-            if mask is None:
-                mask = torch.zeros(n, *m.shape[1:])
-            mask[sel], colour[sel] = m, col
-    return (mask if mask is not None else torch.zeros(n, s, s)), colour
-
-
 def _jit(g: torch.Generator, base: tuple[float, float, float], n: int, amount: float = 0.08) -> Tensor:
-    return _v8._jitter_colour(g, torch.tensor(base).expand(n, 3), amount)
+    return dr.jitter_colour(g, torch.tensor(base).expand(n, 3), amount)
 
 
 def _rect(dx: Tensor, dy: Tensor, hw: Tensor, hh: Tensor) -> Tensor:
@@ -191,64 +93,64 @@ def _pixelate(mask: Tensor, s: int, block: int) -> Tensor:
 
 def _bg_ground(g: torch.Generator, n: int, s: int) -> Tensor:
     base = _jit(g, (0.35, 0.42, 0.25), n, 0.1)
-    tex = _v8._smooth_noise(g, n, s, max(4, s // 6))
-    img = _flat(base, s) * (0.7 + 0.6 * tex)
-    yy, xx = _v8._grid(s)
-    ang = _col(_u(g, n, 0, math.pi))
-    u, _ = _v8._rot(xx, yy, ang)
-    road = _soft((u - _col(_u(g, n, -0.8, 0.8))).abs() - 0.06, s) * _col((_u(g, n) < 0.6).float())
-    return _paint(img.clamp(0, 1), road, _jit(g, (0.45, 0.45, 0.45), n, 0.05))
+    tex = dr.smooth_noise(g, n, s, max(4, s // 6))
+    img = dr.flat(base, s) * (0.7 + 0.6 * tex)
+    yy, xx = dr.grid(s)
+    ang = dr.column(dr.uniform(g, n, 0, math.pi))
+    u, _ = dr.rotate(xx, yy, ang)
+    road = dr.soft((u - dr.column(dr.uniform(g, n, -0.8, 0.8))).abs() - 0.06, s) * dr.column((dr.uniform(g, n) < 0.6).float())
+    return dr.paint(img.clamp(0, 1), road, _jit(g, (0.45, 0.45, 0.45), n, 0.05))
 
 
 def _bg_arcade(g: torch.Generator, n: int, s: int) -> Tensor:
-    img = _flat(_v8._rand_colour(g, n, s=(0.5, 1.0), v=(0.3, 0.8)), s)
-    yy, xx = _v8._grid(s)
-    per = _col(_u(g, n, 0.15, 0.3))
+    img = dr.flat(dr.rand_colour(g, n, s=(0.5, 1.0), v=(0.3, 0.8)), s)
+    yy, xx = dr.grid(s)
+    per = dr.column(dr.uniform(g, n, 0.15, 0.3))
     chk = ((torch.floor((xx + 1) / per) + torch.floor((yy + 1) / per)) % 2)
-    floor = (yy > _col(_u(g, n, 0.4, 0.8))).float() * (0.5 + 0.5 * chk)
-    return _paint(img, floor, _v8._rand_colour(g, n, s=(0.2, 0.8), v=(0.2, 0.6)))
+    floor = (yy > dr.column(dr.uniform(g, n, 0.4, 0.8))).float() * (0.5 + 0.5 * chk)
+    return dr.paint(img, floor, dr.rand_colour(g, n, s=(0.2, 0.8), v=(0.2, 0.6)))
 
 
 def _bg_slide(g: torch.Generator, n: int, s: int) -> Tensor:
     base = _jit(g, (0.93, 0.82, 0.86), n, 0.05)
-    return (_flat(base, s) * (0.9 + 0.15 * _v8._smooth_noise(g, n, s, 5))).clamp(0, 1)
+    return (dr.flat(base, s) * (0.9 + 0.15 * dr.smooth_noise(g, n, s, 5))).clamp(0, 1)
 
 
 def _bg_water(g: torch.Generator, n: int, s: int) -> Tensor:
-    yy, xx = _v8._grid(s)
+    yy, xx = dr.grid(s)
     top, deep = _jit(g, (0.15, 0.55, 0.6), n, 0.08), _jit(g, (0.03, 0.15, 0.35), n, 0.05)
     t = ((yy + 1) / 2).expand(n, s, s)
-    img = _paint(_flat(top, s), t, deep)
-    caustic = 0.5 + 0.5 * torch.sin(xx * _col(_u(g, n, 6, 12)) + torch.sin(yy * 5) * 2 + _col(_u(g, n, 0, 6.3)))
+    img = dr.paint(dr.flat(top, s), t, deep)
+    caustic = 0.5 + 0.5 * torch.sin(xx * dr.column(dr.uniform(g, n, 6, 12)) + torch.sin(yy * 5) * 2 + dr.column(dr.uniform(g, n, 0, 6.3)))
     return (img * (0.85 + 0.25 * caustic[:, None])).clamp(0, 1)
 
 
 def _bg_page(g: torch.Generator, n: int, s: int) -> Tensor:
-    img = _flat(_jit(g, (0.95, 0.93, 0.86), n, 0.03), s)
-    yy, xx = _v8._grid(s)
-    pitch = _col(_u(g, n, 0.09, 0.14))
-    phase = _col(_u(g, n, 0, 1))
+    img = dr.flat(_jit(g, (0.95, 0.93, 0.86), n, 0.03), s)
+    yy, xx = dr.grid(s)
+    pitch = dr.column(dr.uniform(g, n, 0.09, 0.14))
+    phase = dr.column(dr.uniform(g, n, 0, 1))
     line = (((yy + 1) / pitch + phase) % 1 < 0.35).float()
-    words = (_v8._smooth_noise(g, n, s, max(4, s // 4), channels=1)[:, 0] > 0.4).float()
+    words = (dr.smooth_noise(g, n, s, max(4, s // 4), channels=1)[:, 0] > 0.4).float()
     margin = ((xx.abs() < 0.85) & (yy.abs() < 0.9)).float()
-    return _paint(img, line * words * margin * 0.8, torch.full((n, 3), 0.25))
+    return dr.paint(img, line * words * margin * 0.8, torch.full((n, 3), 0.25))
 
 
 def _bg_speckle(g: torch.Generator, n: int, s: int) -> Tensor:
     base = _jit(g, (0.06, 0.06, 0.2), n, 0.04)
     speck = torch.rand(n, 1, s, s, generator=g) ** 3
-    return (_flat(base, s) + 0.35 * speck * torch.tensor([0.3, 0.5, 1.0]).view(1, 3, 1, 1)).clamp(0, 1)
+    return (dr.flat(base, s) + 0.35 * speck * torch.tensor([0.3, 0.5, 1.0]).view(1, 3, 1, 1)).clamp(0, 1)
 
 
 def _bg_street(g: torch.Generator, n: int, s: int) -> Tensor:
-    yy, xx = _v8._grid(s)
+    yy, xx = dr.grid(s)
     sky, ground = _jit(g, (0.6, 0.75, 0.9), n, 0.1), _jit(g, (0.4, 0.36, 0.3), n, 0.12)
-    horizon = _col(_u(g, n, -0.5, 0.2))
-    img = _paint(_flat(sky, s), (yy > horizon).float().expand(n, s, s), ground)
-    img = img * (0.8 + 0.4 * _v8._smooth_noise(g, n, s, 4))
+    horizon = dr.column(dr.uniform(g, n, -0.5, 0.2))
+    img = dr.paint(dr.flat(sky, s), (yy > horizon).float().expand(n, s, s), ground)
+    img = img * (0.8 + 0.4 * dr.smooth_noise(g, n, s, 4))
     for _ in range(4):  # clutter
-        bx, by, br = _col(_u(g, n, -1, 1)), _col(_u(g, n, -1, 1)), _col(_u(g, n, 0.1, 0.3))
-        img = _paint(img, _soft(_rect(xx - bx, yy - by, br, br * 0.6), s) * 0.6, _v8._rand_colour(g, n))
+        bx, by, br = dr.column(dr.uniform(g, n, -1, 1)), dr.column(dr.uniform(g, n, -1, 1)), dr.column(dr.uniform(g, n, 0.1, 0.3))
+        img = dr.paint(img, dr.soft(_rect(xx - bx, yy - by, br, br * 0.6), s) * 0.6, dr.rand_colour(g, n))
     return img.clamp(0, 1)
 
 
@@ -256,19 +158,19 @@ def _bg_street(g: torch.Generator, n: int, s: int) -> Tensor:
 
 def _draw_rooftops(g, cls, cx, cy, r, xx, yy, s):
     dx, dy = xx - cx, yy - cy
-    vertical = _col((_u(g, len(cls)) < 0.5).float())
-    car_col = _v8._rand_colour(g, len(cls), s=(0.6, 1.0), v=(0.6, 1.0))
+    vertical = dr.column((dr.uniform(g, len(cls)) < 0.5).float())
+    car_col = dr.rand_colour(g, len(cls), s=(0.6, 1.0), v=(0.6, 1.0))
 
     def fn(c: int, sel: Tensor) -> tuple[Tensor, Tensor]:
         x, y, rr, vt = dx[sel], dy[sel], r[sel], vertical[sel]
         if c == 0:  # car: an elongated rectangle, along or across the image
             hw, hh = rr * (1 - 0.5 * vt), rr * (0.5 + 0.5 * vt)
-            return _soft(_rect(x, y, hw, hh), s), car_col[sel]
+            return dr.soft(_rect(x, y, hw, hh), s), car_col[sel]
         if c == 1:  # tree: a dark green disc
-            return _soft(torch.sqrt(x * x + y * y) - rr, s), _jit(g, (0.08, 0.3, 0.08), len(sel), 0.05)
-        return _soft(_rect(x, y, rr * 0.8, rr * 0.8), s), _jit(g, (0.3, 0.8, 0.95), len(sel), 0.06)  # pool
+            return dr.soft(torch.sqrt(x * x + y * y) - rr, s), _jit(g, (0.08, 0.3, 0.08), len(sel), 0.05)
+        return dr.soft(_rect(x, y, rr * 0.8, rr * 0.8), s), _jit(g, (0.3, 0.8, 0.95), len(sel), 0.06)  # pool
 
-    return [_by_class(cls, 3, s, fn)]
+    return [by_class(cls, 3, s, fn)]
 
 
 def _draw_arcade(g, cls, cx, cy, r, xx, yy, s):
@@ -280,52 +182,52 @@ def _draw_arcade(g, cls, cx, cy, r, xx, yy, s):
         x, y, rr = dx[sel], dy[sel], r[sel]
         z = torch.zeros_like(rr)
         if c == 0:  # hero: a cross
-            m = _soft(_v8._shape_sdf("cross", x, y, rr, z), s)
+            m = dr.soft(dr.shape_sdf("cross", x, y, rr, z), s)
             col = hero_col[sel]
         elif c == 1:  # coin: a yellow disc
-            m = _soft(torch.sqrt(x * x + y * y) - rr * 0.8, s)
+            m = dr.soft(torch.sqrt(x * x + y * y) - rr * 0.8, s)
             col = _jit(g, (1.0, 0.85, 0.1), len(sel), 0.05)
         else:  # ghost: a pale, downward triangle
-            m = _soft(_v8._shape_sdf("triangle_down", x, y, rr * 1.1, z), s)
+            m = dr.soft(dr.shape_sdf("triangle_down", x, y, rr * 1.1, z), s)
             col = _jit(g, (0.9, 0.88, 1.0), len(sel), 0.05)
         return _pixelate(m, s, block), col
 
-    return [_by_class(cls, 3, s, fn)]
+    return [by_class(cls, 3, s, fn)]
 
 
 def _draw_cells(g, cls, cx, cy, r, xx, yy, s):
     dx, dy = xx - cx, yy - cy
     n = len(cls)
-    ang = _col(_u(g, n, 0, math.pi))
-    u, v = _v8._rot(dx, dy, ang)
-    r = r * torch.where(_col((cls == 2).float()) > 0, 0.55, 1.0)  # platelets are small
+    ang = dr.column(dr.uniform(g, n, 0, math.pi))
+    u, v = dr.rotate(dx, dy, ang)
+    r = r * torch.where(dr.column((cls == 2).float()) > 0, 0.55, 1.0)  # platelets are small
 
     def body(c: int, sel: Tensor) -> tuple[Tensor, Tensor]:
         uu, vv, rr = u[sel], v[sel], r[sel]
         if c == 0:  # red cell: a pale red ellipse
-            return _soft(_ellipse(uu, vv, rr, rr * 0.85), s), _jit(g, (0.9, 0.45, 0.45), len(sel), 0.05)
+            return dr.soft(_ellipse(uu, vv, rr, rr * 0.85), s), _jit(g, (0.9, 0.45, 0.45), len(sel), 0.05)
         if c == 1:  # white cell: a lavender disc (its lobed nucleus is the second layer)
-            return _soft(_ellipse(uu, vv, rr, rr), s), _jit(g, (0.75, 0.65, 0.85), len(sel), 0.05)
-        return _soft(_v8._shape_sdf("diamond", uu, vv, rr, torch.zeros_like(rr)), s), _jit(g, (0.45, 0.2, 0.55), len(sel), 0.05)
+            return dr.soft(_ellipse(uu, vv, rr, rr), s), _jit(g, (0.75, 0.65, 0.85), len(sel), 0.05)
+        return dr.soft(dr.shape_sdf("diamond", uu, vv, rr, torch.zeros_like(rr)), s), _jit(g, (0.45, 0.2, 0.55), len(sel), 0.05)
 
     def nucleus(c: int, sel: Tensor) -> tuple[Tensor, Tensor]:
         uu, vv, rr = u[sel], v[sel], r[sel]
         if c == 1:
             lobes = torch.minimum(_ellipse(uu - rr * 0.3, vv, rr * 0.35, rr * 0.45),
                                   _ellipse(uu + rr * 0.3, vv, rr * 0.35, rr * 0.45))
-            return _soft(lobes, s), _jit(g, (0.35, 0.1, 0.45), len(sel), 0.05)
+            return dr.soft(lobes, s), _jit(g, (0.35, 0.1, 0.45), len(sel), 0.05)
         if c == 0:  # central pallor
-            return _soft(_ellipse(uu, vv, rr * 0.4, rr * 0.35), s) * 0.6, _jit(g, (0.97, 0.75, 0.75), len(sel), 0.03)
+            return dr.soft(_ellipse(uu, vv, rr * 0.4, rr * 0.35), s) * 0.6, _jit(g, (0.97, 0.75, 0.75), len(sel), 0.03)
         return torch.zeros(len(sel), *dx.shape[1:]), torch.zeros(len(sel), 3)
 
-    return [_by_class(cls, 3, s, body), _by_class(cls, 3, s, nucleus)]
+    return [by_class(cls, 3, s, body), by_class(cls, 3, s, nucleus)]
 
 
 def _draw_reef(g, cls, cx, cy, r, xx, yy, s):
     dx, dy = xx - cx, yy - cy
     n = len(cls)
-    flip = _col(torch.where(_u(g, n) < 0.5, -1.0, 1.0))
-    fish_col = _v8._hsv(_u(g, n, 0.05, 0.16), _u(g, n, 0.7, 1.0), _u(g, n, 0.8, 1.0))
+    flip = dr.column(torch.where(dr.uniform(g, n) < 0.5, -1.0, 1.0))
+    fish_col = dr.hsv(dr.uniform(g, n, 0.05, 0.16), dr.uniform(g, n, 0.7, 1.0), dr.uniform(g, n, 0.8, 1.0))
 
     def fn(c: int, sel: Tensor) -> tuple[Tensor, Tensor]:
         x, y, rr = dx[sel] * flip[sel], dy[sel], r[sel]
@@ -333,57 +235,57 @@ def _draw_reef(g, cls, cx, cy, r, xx, yy, s):
             bodym = _ellipse(x + rr * 0.25, y, rr * 0.7, rr * 0.4)
             tail = torch.maximum(-(x - rr * 0.45), (y.abs() - (x - rr * 0.45)) * 0.7) - 0.0
             tail = torch.maximum(tail, x - rr)
-            return _soft(torch.minimum(bodym, tail), s), fish_col[sel]
+            return dr.soft(torch.minimum(bodym, tail), s), fish_col[sel]
         if c == 1:  # jellyfish: a dome with a fringe
             dome = torch.maximum(torch.sqrt(x * x + (y + rr * 0.2) ** 2) - rr * 0.8, y - rr * 0.2)
             fringe = torch.maximum(_rect(x, y - rr * 0.55, rr * 0.6, rr * 0.35),
                                    -(torch.sin(x / rr * 12).abs() - 0.5) * rr * 0.2)
-            return _soft(torch.minimum(dome, fringe), s), _jit(g, (0.95, 0.7, 0.85), len(sel), 0.05)
-        return _soft(_v8._shape_sdf("cross", x, y, rr, torch.full_like(rr, 0.6)), s), _jit(g, (0.15, 0.05, 0.2), len(sel), 0.04)
+            return dr.soft(torch.minimum(dome, fringe), s), _jit(g, (0.95, 0.7, 0.85), len(sel), 0.05)
+        return dr.soft(dr.shape_sdf("cross", x, y, rr, torch.full_like(rr, 0.6)), s), _jit(g, (0.15, 0.05, 0.2), len(sel), 0.04)
 
-    return [_by_class(cls, 3, s, fn)]
+    return [by_class(cls, 3, s, fn)]
 
 
 def _haze(g: torch.Generator, img: Tensor, bg: Tensor) -> Tensor:
-    a = _u(g, len(img), 0.25, 0.45).view(-1, 1, 1, 1)
+    a = dr.uniform(g, len(img), 0.25, 0.45).view(-1, 1, 1, 1)
     return img * (1 - a) + bg * a
 
 
 def _draw_forms(g, cls, cx, cy, r, xx, yy, s):
     dx, dy = xx - cx, yy - cy
     n = len(cls)
-    aspect = _col(_u(g, n, 0.45, 0.75))
+    aspect = dr.column(dr.uniform(g, n, 0.45, 0.75))
 
     def box(c: int, sel: Tensor) -> tuple[Tensor, Tensor]:
         x, y, rr, a = dx[sel], dy[sel], r[sel], aspect[sel]
         if c == 2:  # stamp: a coloured ring
             ring = (torch.sqrt(x * x + y * y) - rr * 0.7).abs() - rr * 0.12
             col = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.2, 0.8]])[torch.randint(2, (len(sel),), generator=g)]
-            return _soft(ring, s), col
+            return dr.soft(ring, s), col
         if c == 0:  # table: a white panel (its rules are the second layer)
-            return _soft(_rect(x, y, rr, rr * a), s), torch.full((len(sel), 3), 0.99)
-        return _soft(_rect(x, y, rr * a, rr), s), _v8._rand_colour(g, len(sel), s=(0.4, 0.9), v=(0.4, 0.9))  # figure
+            return dr.soft(_rect(x, y, rr, rr * a), s), torch.full((len(sel), 3), 0.99)
+        return dr.soft(_rect(x, y, rr * a, rr), s), dr.rand_colour(g, len(sel), s=(0.4, 0.9), v=(0.4, 0.9))  # figure
 
     def rules(c: int, sel: Tensor) -> tuple[Tensor, Tensor]:
         x, y, rr, a = dx[sel], dy[sel], r[sel], aspect[sel]
         if c != 0:
             return torch.zeros(len(sel), *dx.shape[1:]), torch.zeros(len(sel), 3)
-        inside = _soft(_rect(x, y, rr, rr * a), s)
+        inside = dr.soft(_rect(x, y, rr, rr * a), s)
         gx = ((x + rr) / (rr * 0.5)) % 1
         gy = ((y + rr * a) / (rr * a * 0.5)) % 1
         line = ((gx < 0.12) | (gy < 0.2)).float()
         edge = (_rect(x, y, rr, rr * a).abs() < 1.5 / s).float()
         return torch.maximum(line * inside, edge), torch.full((len(sel), 3), 0.1)
 
-    return [_by_class(cls, 3, s, box), _by_class(cls, 3, s, rules)]
+    return [by_class(cls, 3, s, box), by_class(cls, 3, s, rules)]
 
 
 def _draw_radar(g, cls, cx, cy, r, xx, yy, s):
     dx, dy = xx - cx, yy - cy
     n = len(cls)
-    ang = _col(_u(g, n, -0.4, 0.4))
-    u, v = _v8._rot(dx, dy, ang)
-    hot = _v8._hsv(_u(g, n, 0.0, 0.17), _u(g, n, 0.3, 0.9), torch.ones(n))
+    ang = dr.column(dr.uniform(g, n, -0.4, 0.4))
+    u, v = dr.rotate(dx, dy, ang)
+    hot = dr.hsv(dr.uniform(g, n, 0.0, 0.17), dr.uniform(g, n, 0.3, 0.9), torch.ones(n))
 
     def fn(c: int, sel: Tensor) -> tuple[Tensor, Tensor]:
         uu, vv, rr = u[sel], v[sel], r[sel]
@@ -391,38 +293,38 @@ def _draw_radar(g, cls, cx, cy, r, xx, yy, s):
             d = torch.sqrt(uu * uu + vv * vv)
             return ((1 - d / rr) * 2).clamp(0, 1), hot[sel]
         if c == 1:  # streak: a long thin bright line
-            return _soft(_rect(uu, vv, rr, rr * 0.15), s), hot[sel]
-        return _soft((torch.sqrt(uu * uu + vv * vv) - rr * 0.75).abs() - rr * 0.15, s), _jit(g, (0.3, 1.0, 0.5), len(sel), 0.1)
+            return dr.soft(_rect(uu, vv, rr, rr * 0.15), s), hot[sel]
+        return dr.soft((torch.sqrt(uu * uu + vv * vv) - rr * 0.75).abs() - rr * 0.15, s), _jit(g, (0.3, 1.0, 0.5), len(sel), 0.1)
 
-    return [_by_class(cls, 3, s, fn)]
+    return [by_class(cls, 3, s, fn)]
 
 
 def _draw_street(g, cls, cx, cy, r, xx, yy, s):
     dx, dy = xx - cx, yy - cy
     n = len(cls)
-    ball_col = _v8._rand_colour(g, n, s=(0.6, 1.0), v=(0.6, 1.0))
+    ball_col = dr.rand_colour(g, n, s=(0.6, 1.0), v=(0.6, 1.0))
 
     def body(c: int, sel: Tensor) -> tuple[Tensor, Tensor]:
         x, y, rr = dx[sel], dy[sel], r[sel]
         z = torch.zeros_like(rr)
         if c == 0:  # ball
-            return _soft(torch.sqrt(x * x + y * y) - rr * 0.85, s), ball_col[sel]
+            return dr.soft(torch.sqrt(x * x + y * y) - rr * 0.85, s), ball_col[sel]
         if c == 1:  # crate
-            return _soft(_rect(x, y, rr * 0.85, rr * 0.85), s), _jit(g, (0.6, 0.4, 0.2), len(sel), 0.06)
-        return _soft(_v8._shape_sdf("triangle", x, y, rr * 1.15, z), s), _jit(g, (1.0, 0.5, 0.05), len(sel), 0.05)
+            return dr.soft(_rect(x, y, rr * 0.85, rr * 0.85), s), _jit(g, (0.6, 0.4, 0.2), len(sel), 0.06)
+        return dr.soft(dr.shape_sdf("triangle", x, y, rr * 1.15, z), s), _jit(g, (1.0, 0.5, 0.05), len(sel), 0.05)
 
     def detail(c: int, sel: Tensor) -> tuple[Tensor, Tensor]:
         x, y, rr = dx[sel], dy[sel], r[sel]
         if c == 0:  # highlight
-            return _soft(torch.sqrt((x + rr * 0.3) ** 2 + (y + rr * 0.3) ** 2) - rr * 0.25, s) * 0.7, torch.ones(len(sel), 3)
+            return dr.soft(torch.sqrt((x + rr * 0.3) ** 2 + (y + rr * 0.3) ** 2) - rr * 0.25, s) * 0.7, torch.ones(len(sel), 3)
         if c == 1:  # planks
-            inside = _soft(_rect(x, y, rr * 0.85, rr * 0.85), s)
+            inside = dr.soft(_rect(x, y, rr * 0.85, rr * 0.85), s)
             return inside * ((((y + rr) / (rr * 0.4)) % 1) < 0.2).float(), torch.full((len(sel), 3), 0.3)
-        stripe = _soft(_rect(x, y - rr * 0.1, rr, rr * 0.08), s)
-        tri = _soft(_v8._shape_sdf("triangle", x, y, rr * 1.15, torch.zeros_like(rr)), s)
+        stripe = dr.soft(_rect(x, y - rr * 0.1, rr, rr * 0.08), s)
+        tri = dr.soft(dr.shape_sdf("triangle", x, y, rr * 1.15, torch.zeros_like(rr)), s)
         return stripe * tri, torch.ones(len(sel), 3)
 
-    return [_by_class(cls, 3, s, body), _by_class(cls, 3, s, detail)]
+    return [by_class(cls, 3, s, body), by_class(cls, 3, s, detail)]
 
 
 DOMAINS: dict[str, Domain] = {
@@ -473,9 +375,6 @@ def unpack_targets(p: dict[str, Tensor]) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------------------------------------------
 # The suite
 
-_MEMO: dict[tuple[str, str], dict[str, Tensor]] = {}
-_MEMO_LOCK = threading.Lock()
-
 
 @SUITES.register(
     "rf100_7",
@@ -484,97 +383,31 @@ _MEMO_LOCK = threading.Lock()
     "cells, reef, forms, radar, street)",
     paper="Ciaglia et al. 2022 (RF100); auto-flexswitch.txt Sec. IV-A2, Table VII",
 )
-class RF100(Suite):
+class RF100(GeneratedSuite):
     modality = "image"
+    paper_tasks = tuple(PAPER_TASKS)
+    tiny_tasks = tuple(TINY_TASKS)
+    profile_sizes = PROFILE_SIZES
+    sources = (dr, scenes)
 
-    def __init__(self, profile: str, seed: int = 0, cache: Any = None, progress: bool = True,
-                 data_root: str | None = None):
-        super().__init__(profile, seed, cache, progress)
-        self.data_root = data_root
-        if profile != "paper" and profile not in PROFILE_SIZES:
-            raise UserError(f"suite rf100_7 has no profile {profile!r}; valid: paper, {', '.join(PROFILE_SIZES)}")
-        self._paper: dict[tuple[str, str], TaskData] = {}
+    def generate(self, task: str, split: str) -> dict[str, Tensor]:
+        x, targets = generate_task(task, split, self.sizes[split], self.sizes["image_size"], self.seed)
+        return {"inputs": x, **pack_targets(targets)}
 
-    @property
-    def tasks(self) -> list[str]:
-        return list(PAPER_TASKS if self.profile == "paper" else TINY_TASKS)
-
-    @property
-    def image_size(self) -> int | None:
-        return None if self.profile == "paper" else PROFILE_SIZES[self.profile]["image_size"]
-
-    def config(self) -> dict[str, Any]:
-        return {"profile": self.profile, "tasks": self.tasks, **PROFILE_SIZES.get(self.profile, {})}
-
-    @property
-    def version(self) -> str:
-        return code_version(sys.modules[__name__])
-
-    def data_key(self) -> str:
-        if self.profile == "paper":
-            return f"paper:{self.data_root or ''}"
-        from benchmark.cache import config_key
-
-        return config_key("rf100_7", self.config(), self.seed, self.version)
-
-    def classnames(self, task: str) -> list[str]:
-        if self.profile == "paper":
-            return list(self.load(task, "train").classes or [])
-        self._check(task, "train")
+    def tiny_classnames(self, task: str) -> list[str]:
         return list(DOMAINS[task].classes)
 
-    def _check(self, task: str, split: str) -> None:
-        if task not in self.tasks:
-            raise UserError(f"suite rf100_7 ({self.profile}) has no task {task!r}; valid: {', '.join(self.tasks)}")
-        if split not in SPLITS:
-            raise UserError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    def load_paper(self, task: str, split: str) -> TaskData:
+        from tasks.rf100_paper import load_rf100_task
 
-    def prepare(self) -> Path | None:
-        if self.profile == "paper":
-            return None
-        cache = self.cache if self.cache is not None else Cache()
-        sizes = PROFILE_SIZES[self.profile]
+        return load_rf100_task(task, split, data_root=self.data_root)
 
-        def build(tmp: Path) -> None:
-            from safetensors.torch import save_file
-            from tqdm.auto import tqdm
-
-            for task in tqdm(TINY_TASKS, desc=f"generate rf100_7 ({self.profile})", unit="task",
-                             disable=not self.progress, leave=False):
-                tensors = {}
-                for split in SPLITS:
-                    x, targets = generate_task(task, split, sizes[split], sizes["image_size"], self.seed)
-                    tensors[f"{split}/inputs"] = x
-                    tensors.update({f"{split}/{k}": v for k, v in pack_targets(targets).items()})
-                save_file(tensors, str(tmp / f"{task}.safetensors"))
-
-        return cache.get_or_build("rf100_7", self.config(), self.seed, self.version, build)
-
-    def _tensors(self, task: str) -> dict[str, Tensor]:
-        entry = self.prepare()
-        assert entry is not None
-        key = (str(entry), task)
-        with _MEMO_LOCK:
-            if key not in _MEMO:
-                from safetensors.torch import load_file
-
-                _MEMO[key] = load_file(str(entry / f"{task}.safetensors"))
-            return _MEMO[key]
-
-    def load(self, task: str, split: str) -> TaskData:
-        self._check(task, split)
-        if self.profile == "paper":
-            if (task, split) not in self._paper:
-                from tasks._rf100_paper import load_rf100_task
-
-                self._paper[(task, split)] = load_rf100_task(task, split, data_root=self.data_root)
-            return self._paper[(task, split)]
-        t = self._tensors(task)
-        targets = unpack_targets({k: t[f"{split}/{k}"] for k in ("boxes", "labels", "counts", "image_ids")})
-        return TaskData(inputs=t[f"{split}/inputs"], targets=targets, classes=list(DOMAINS[task].classes),
+    def task_data(self, task: str, split: str, tensors: dict[str, Tensor]) -> TaskData:
+        targets = unpack_targets({k: tensors[k] for k in ("boxes", "labels", "counts", "image_ids")})
+        return TaskData(inputs=tensors["inputs"], targets=targets, classes=self.tiny_classnames(task),
                         meta={"task": task, "split": split, "profile": self.profile, "generated": True})
 
     def metric(self, task: str) -> Metric:
-        self._check(task, "test")
+        self.check(task, "test")
         n_cls = len(self.classnames(task)) if self.profile != "paper" else len(self.load(task, "test").classes or []) or None
         return MeanAP50(n_cls)

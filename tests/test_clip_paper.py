@@ -1,4 +1,4 @@
-"""Paper-profile CLIP loading (backbones/_clip_paper.py) and the 8 real vision tasks (tasks/_vision_paper.py), on
+"""Paper-profile CLIP loading (backbones/_clip_paper.py) and the 8 real vision tasks (tasks/vision_paper.py), on
 stand-ins the tests write themselves: random-init tiny CLIP models saved like the Hub checkpoints (transformers) and
 like the task_vectors release (open_clip), and tiny image datasets saved with ``datasets``. All offline."""
 from __future__ import annotations
@@ -23,7 +23,7 @@ open_clip = pytest.importorskip("open_clip")
 datasets = pytest.importorskip("datasets")
 
 from backbones import _clip_paper as cp  # noqa: E402
-from tasks import _vision_paper as vp  # noqa: E402
+from tasks import vision_paper as vp  # noqa: E402
 
 B32 = "openai/clip-vit-base-patch32"
 FT = "tanganke/clip-vit-base-patch32_{}"
@@ -616,7 +616,7 @@ def test_fusion_bench_names_after_fusion_bench_was_imported():
     import subprocess
 
     code = ("import fusion_bench, fusion_bench.method\n"
-            "from tasks import _vision_paper as vp\n"
+            "from tasks import vision_paper as vp\n"
             "print(len(vp.fusion_bench_classnames('gtsrb')), len(vp.clip_templates('mnist', 'fusion_bench')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
                          capture_output=True, text=True)

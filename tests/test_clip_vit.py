@@ -201,9 +201,9 @@ def test_every_recipe_field_reaches_a_cache_key(bb, monkeypatch):
             m.setitem(cv.RECIPES, "micro", recipe)
             m.setattr(Cache, "get_or_build", spy)
             b = _make("clip_vit_b32", bb.cache)
-            b._pretrain()
-            b._heads("p")
-            b._finetune("digits", "p", "h")
+            b.stage_file("pretrain")
+            b.stage_file("heads", "p")
+            b.stage_file("finetune", "p", "h", "digits")
         return seen
 
     base = cv.RECIPES["micro"]
@@ -218,7 +218,7 @@ def test_every_recipe_field_reaches_a_cache_key(bb, monkeypatch):
 def test_pretraining_is_deterministic(bb, tmp_path):
     """A fresh cache rebuilds a bit-identical pretrained checkpoint."""
     fresh = _make("clip_vit_b32", Cache(tmp_path))
-    path = fresh._pretrain()
+    path = fresh.stage_file("pretrain")
     assert sha256_file(path) == bb.checkpoints()["pretrained"]
 
 
@@ -246,7 +246,7 @@ def test_runner_end_to_end(bb, cache_root, tmp_path):
 def test_paper_branch_uses_the_paper_loader(monkeypatch):
     from backbones import _clip_paper
     from benchmark.contract import TaskData
-    from tasks import _vision_paper
+    from tasks import vision_paper
 
     enc = cv.build_encoder(dict(image_size=16, patch_size=8, hidden_size=16, intermediate_size=32,
                                 num_hidden_layers=1, num_attention_heads=2, projection_dim=8))
@@ -267,7 +267,7 @@ def test_paper_branch_uses_the_paper_loader(monkeypatch):
                         ["a", "b", "c"])
 
     monkeypatch.setattr(_clip_paper, "load_clip_paper", fake_clip)
-    monkeypatch.setattr(_vision_paper, "load_paper_task", fake_task)
+    monkeypatch.setattr(vision_paper, "load_paper_task", fake_task)
     b = _make("clip_vit_b32", Cache("/nonexistent"), profile="paper")
     b.prepare()
     assert seen["args"] == ("clip_vit_b32", tasks, {t: 3 for t in tasks})

@@ -135,9 +135,9 @@ def test_every_recipe_and_config_field_reaches_a_cache_key(bb, monkeypatch):
             m.setitem(cx.CONFIGS, "micro", config)
             m.setattr(Cache, "get_or_build", spy)
             b = _make(bb.cache)
-            b._pretrain()
-            b._heads("p")
-            b._finetune("digits", "p", "h")
+            b.stage_file("pretrain")
+            b.stage_file("heads", "p")
+            b.stage_file("finetune", "p", "h", "digits")
         return seen
 
     base_r, base_c = cx.RECIPES["micro"], cx.CONFIGS["micro"]
@@ -251,7 +251,7 @@ def test_paper_branch_of_the_adapter(paper_root, monkeypatch):
     """The adapter on the paper profile: loader output wired in, ConvNeXt preprocessing of odd-sized images, and
     linear heads with bias."""
     from benchmark.contract import TaskData
-    from tasks import _vision_paper
+    from tasks import vision_paper
 
     root, _, models = paper_root
     real = cp.load_convnext_paper
@@ -265,7 +265,7 @@ def test_paper_branch_of_the_adapter(paper_root, monkeypatch):
         return TaskData(torch.randint(0, 255, (5, 3, 40, 48), dtype=torch.uint8, generator=g),
                         torch.arange(5) % n, [f"c{i}" for i in range(n)])
 
-    monkeypatch.setattr(_vision_paper, "load_paper_task", fake_task)
+    monkeypatch.setattr(vision_paper, "load_paper_task", fake_task)
     suite = SUITES.get("vision8").obj(profile="paper", seed=0, cache=Cache("/nonexistent"), progress=False)
     monkeypatch.setattr(type(suite), "tasks", property(lambda self: ["eurosat", "dtd"]))
     b = BACKBONES.get("convnext").obj(profile="paper", suite=suite, seed=0, cache=None, progress=False)
@@ -277,7 +277,7 @@ def test_paper_branch_of_the_adapter(paper_root, monkeypatch):
     out = ops.logits("dtd", b.finetuned_state("dtd"), x)
     assert out.shape == (4, 47)
     # ConvNeXt's eval transform: resize the shorter side to 64, centre crop 32, normalize
-    px = _vision_paper.to_pixel_values(x, 64, b.mean, b.std)[..., 16:48, 16:48]
+    px = vision_paper.to_pixel_values(x, 64, b.mean, b.std)[..., 16:48, 16:48]
     with torch.no_grad():
         torch.testing.assert_close(out, models["dtd"](pixel_values=px).logits)
     li = ops.linear_inputs(None, x)

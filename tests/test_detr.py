@@ -230,6 +230,8 @@ def test_paper_profile_end_to_end_on_stand_ins(tmp_path, monkeypatch):
 
 
 def test_early_routing_is_a_user_error_on_detr(bb, batch):
+    from benchmark.routing import routing_features
+
     x, _ = batch
-    with pytest.raises(UserError, match="route_depth"):
-        bb.ops().early_features(None, x, 1)
+    with pytest.raises(UserError, match="route_depth 1: this backbone's ModelOps has no early_features"):
+        routing_features(bb.ops(), None, x, 1)

@@ -126,7 +126,7 @@ def test_mcc_matches_sklearn(y_true, y_pred):
 
 
 def _rows(task: str, n: int, offset: int = 0) -> dict[str, list]:
-    from tasks._glue_paper import GLUE_COLUMNS
+    from tasks.glue_paper import GLUE_COLUMNS
 
     a, b = GLUE_COLUMNS[task]
     n_cls = 3 if task == "mnli" else 2
@@ -140,7 +140,7 @@ def _rows(task: str, n: int, offset: int = 0) -> dict[str, list]:
 def test_glue_loader_parquet_and_save_to_disk(tmp_path):
     import datasets
 
-    from tasks import _glue_paper as gp
+    from tasks import glue_paper as gp
 
     # cola and mnli as the Hub repo's parquet files, rte as a save_to_disk DatasetDict
     for task, splits in (("cola", ("train", "validation", "test")),

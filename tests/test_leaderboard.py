@@ -544,3 +544,31 @@ def test_runs_on_another_build_of_the_checkpoints_are_never_compared():
     tie[0]["checkpoints"], tie[1]["checkpoints"] = a, b
     _, left_out = lb.one_build_per_seed(frame(tie))
     assert left_out == [tie[0]["run_id"]]
+
+
+def test_the_suite_cards_section_shows_every_target_and_marks_the_missed(tmp_path):
+    """Each card gets its targets (benchmark.suite_card.check) beside the measured values; a missed one is marked."""
+    import json
+    import shutil
+
+    from benchmark.errors import UserError
+    from benchmark.suite_card import check
+
+    card = json.loads((REPO / "tasks" / "cards" / "vision8-clip_vit_b32-tiny-s0.json").read_text())
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / "a.json").write_text(json.dumps(card))
+    res = tmp_path / "res"
+    shutil.copytree(REPO / "results", res, ignore=lambda d, names: [n for n in names if not n.startswith("clip_vit_b32-")])
+    md = lb.write_leaderboard(res, tmp_path / "lb.md", cards).read_text()
+    section = md[md.index("## Suite cards"):]
+    for name, value, bound, met in check(card):
+        assert f"| {name} | {value:.2f}{'' if met else ' ✗'} | ≥ {bound:g} |" in section
+    assert "| per task | " + " | ".join(f"{v:.1f}" for v in card["identifiability"]["per_task"].values()) in section
+    # the B/32 card misses identifiability >= 95 and meets Individual - Pretrained >= 25: both forms appear
+    assert "identifiability, overall | 68.50 ✗ | ≥ 95 |" in section
+    assert "Individual - Pretrained | 32.70 | ≥ 25 |" in section
+    (cards / "b.json").write_text("{}")
+    with pytest.raises(UserError, match="b.json' is not a card"):
+        lb.write_leaderboard(res, tmp_path / "lb2.md", cards)
+    assert not (tmp_path / "lb2.md").exists()

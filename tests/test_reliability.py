@@ -263,11 +263,24 @@ def test_garbage_in_a_real_cached_checkpoint_is_rebuilt_and_the_backbone_sees_th
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 
-def test_backbones_record_the_caches_verified_hashes():
-    """The tiny adapters take their checkpoints' hashes from Cache.sha256 (verified), not a second reading."""
-    for f in ("clip_vit.py", "_text.py", "detr.py"):
-        src = (REPO / "backbones" / f).read_text()
-        assert "self._cache().sha256(" in src and "sha256_file(" not in src, f
+def test_backbones_record_the_caches_verified_hashes(monkeypatch, cache_root):
+    """The tiny build (backbones/_tiny.py, shared by every adapter) takes its checkpoints' hashes from Cache.sha256
+    (verified), not a second reading: every checkpoint hash is one Cache.sha256 gave."""
+    import benchmark.cache as bc
+    from benchmark.registry import BACKBONES, SUITES
+
+    suite = SUITES.get("vision8").obj(profile="micro", seed=0, cache=Cache(cache_root), progress=False)
+    BACKBONES.get("clip_vit_b32").obj(profile="micro", suite=suite, seed=0, cache=Cache(cache_root),
+                                      progress=False).prepare()  # cached from here on
+    given = []
+    real = bc.Cache.sha256
+    monkeypatch.setattr(bc.Cache, "sha256", lambda self, p: given.append(real(self, p)) or given[-1])
+    suite = SUITES.get("vision8").obj(profile="micro", seed=0, cache=Cache(cache_root), progress=False)
+    b = BACKBONES.get("clip_vit_b32").obj(profile="micro", suite=suite, seed=0, cache=Cache(cache_root), progress=False)
+    b.prepare()
+    assert sorted(b.checkpoints().values()) == sorted(given)
+    for f in ("_tiny.py", "_image.py", "clip_vit.py", "_text.py", "detr.py"):
+        assert "sha256_file(" not in (REPO / "backbones" / f).read_text(), f
 
 
 # ------------------------------------------------------------------------------------------------ inputs

@@ -12,7 +12,7 @@ from benchmark.cache import Cache
 from benchmark.errors import UserError
 from benchmark.registry import SUITES
 from tasks import rf100
-from tasks._rf100_paper import CocoImages, class_categories, load_rf100_task
+from tasks.rf100_paper import CocoImages, class_categories, load_rf100_task
 from tasks.detection_metrics import MeanAP50
 
 

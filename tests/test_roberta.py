@@ -118,7 +118,7 @@ def check_cache_reused(name: str, bb, monkeypatch) -> None:
 
 def check_pretraining_deterministic(name: str, bb, tmp_path: Path) -> None:
     fresh = make(name, Cache(tmp_path))
-    assert sha256_file(fresh._pretrain()) == bb.checkpoints()["pretrained"]
+    assert sha256_file(fresh.stage_file("pretrain")) == bb.checkpoints()["pretrained"]
 
 
 def check_run(name: str, bb, cache_root: Path, tmp_path: Path) -> None:

@@ -116,7 +116,7 @@ def test_metric_is_streaming_accuracy(micro_suite):
 
 def test_paper_profile_uses_the_real_loader(monkeypatch):
     from benchmark.contract import TaskData
-    from tasks import _vision_paper
+    from tasks import vision_paper
 
     calls = []
 
@@ -124,7 +124,7 @@ def test_paper_profile_uses_the_real_loader(monkeypatch):
         calls.append((task, split, data_root))
         return TaskData(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1]), ["a", "b"])
 
-    monkeypatch.setattr(_vision_paper, "load_paper_task", fake)
+    monkeypatch.setattr(vision_paper, "load_paper_task", fake)
     suite = SUITES.get("vision8").obj(profile="paper", data_root="/data")
     assert suite.load("dtd", "test").classes == ["a", "b"]
     assert suite.classnames("mnist") == ["a", "b"]

@@ -5,6 +5,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from benchmark.leaderboard.cards import load_cards, render_cards
 from benchmark.leaderboard.markdown import render_markdown
 from benchmark.leaderboard.plots import render_plot
 from benchmark.leaderboard.tables import build_tables
@@ -42,9 +43,11 @@ def check_output(output: str | os.PathLike) -> None:
         raise UserError(f"--output {str(output)!r}: its folder is not a writable directory ({e.strerror or e})") from None
 
 
-def write_leaderboard(results_dir: str | os.PathLike = "results", output: str | os.PathLike = "leaderboard.md") -> Path:
+def write_leaderboard(results_dir: str | os.PathLike = "results", output: str | os.PathLike = "leaderboard.md",
+                      cards_dir: str | os.PathLike | None = None) -> Path:
     """Write ``output`` and its plots (``<output dir>/<output stem>/<profile>_<backbone>_<suite>.png``) from the
-    records under ``results_dir``; returns the path of ``output``.
+    records under ``results_dir``, and a section for every suite card under ``cards_dir`` (default: ``tasks/cards``
+    beside the results dir, where ``suite-card`` writes them in a checkout); returns the path of ``output``.
 
     A missing results dir, or one without records, is refused (:class:`UserError`) before anything is written: a
     mistyped ``--results-dir`` must not cut ``leaderboard.md`` to nothing and delete every plot."""
@@ -58,6 +61,7 @@ def write_leaderboard(results_dir: str | os.PathLike = "results", output: str | 
     frame = load(results_dir)
     if frame.empty:
         raise UserError(f"--results-dir {str(results_dir)!r} holds no records; the leaderboard was left as it is")
+    cards = load_cards(cards_dir if cards_dir is not None else results_dir.resolve().parent / "tasks" / "cards")
     tables = build_tables(frame)
     plot_dir = output.parent / output.stem
     links: dict[str, str] = {}
@@ -72,5 +76,5 @@ def write_leaderboard(results_dir: str | os.PathLike = "results", output: str | 
             if old not in written:
                 old.unlink()
     rel = Path(os.path.relpath(results_dir.resolve(), output.resolve().parent)).as_posix()
-    _write_if_changed(output, render_markdown(tables, links, rel).encode("utf-8"))
+    _write_if_changed(output, render_markdown(tables, links, rel, render_cards(cards)).encode("utf-8"))
     return output

@@ -101,9 +101,11 @@ def render_table(table: Table, plot_link: str | None = None) -> str:
 
 
 def render_markdown(
-    tables: Sequence[Table], plot_links: Mapping[str, str] | None = None, results_dir: str = "results"
+    tables: Sequence[Table], plot_links: Mapping[str, str] | None = None, results_dir: str = "results",
+    cards_section: str = "",
 ) -> str:
-    """The whole leaderboard file. ``plot_links``: table slug -> relative link of its plot."""
+    """The whole leaderboard file. ``plot_links``: table slug -> relative link of its plot; ``cards_section``: the
+    suite cards' markdown (:func:`benchmark.leaderboard.cards.render_cards`), appended after the tables."""
     plot_links = plot_links or {}
     out = ["# merge-bench leaderboard", ""]
     n_runs = sum(t.n_runs for t in tables)
@@ -150,6 +152,8 @@ def render_markdown(
     out.append("")
     for t in tables:
         out.append(render_table(t, plot_links.get(t.slug)))
+    if cards_section:
+        out.append(cards_section)
     return "\n".join(out)
 
 

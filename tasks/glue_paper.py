@@ -3,7 +3,7 @@
 Splits, as DARE (Yu et al. 2024), EMR-Merging, FusionBench and the papers evaluate GLUE: GLUE's test labels are
 hidden, so our ``test`` split is GLUE's ``validation`` split (``validation_matched`` for MNLI); our ``val`` split is
 a seeded share of GLUE's ``train`` split (10 %, at most 1000 examples, DARE's rule; drawn by
-:func:`tasks._vision_paper.val_split_indices`) and ``train`` is the rest.
+:func:`tasks.vision_paper.val_split_indices`) and ``train`` is the rest.
 
 Where: ``data_root`` (or ``$MERGE_BENCH_DATA``) names a local directory; the first of ``<root>/glue/<task>``,
 ``<root>/nyu-mll/glue/<task>`` and ``<root>/<task>`` that exists is read:
@@ -59,7 +59,7 @@ _EXTS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"
 
 def val_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) row indices of GLUE's train split: a seeded 10 % (at most 1000) held out."""
-    from tasks._vision_paper import val_split_indices
+    from tasks.vision_paper import val_split_indices
 
     return val_split_indices(n, fraction=min(VAL_FRACTION, VAL_MAX / max(n, 1)), seed=VAL_SEED)
 
