@@ -243,8 +243,9 @@ class ImageBackbone(TinyBuild, PreparedBackbone):
 
     model: str = ""
     ops_class = ImageOps
-    pixel_mean: tuple = (0.5, 0.5, 0.5)
-    pixel_std: tuple = (0.5, 0.5, 0.5)
+    #: the encoder's input statistics: no default, an adapter that forgot them must fail, not normalize wrongly
+    pixel_mean: tuple
+    pixel_std: tuple
 
     def __init__(self, profile: str, suite: Any, seed: int = 0, cache: Any = None, progress: bool = True):
         super().__init__(profile, suite, seed, cache, progress)

@@ -572,3 +572,10 @@ def test_the_suite_cards_section_shows_every_target_and_marks_the_missed(tmp_pat
     with pytest.raises(UserError, match="b.json' is not a card"):
         lb.write_leaderboard(res, tmp_path / "lb2.md", cards)
     assert not (tmp_path / "lb2.md").exists()
+    # a card that lost one value a target reads is refused as well, before anything is written
+    damaged = json.loads(json.dumps(card))
+    del damaged["merge_signal"]["individual_minus_ta"]
+    (cards / "b.json").write_text(json.dumps(damaged))
+    with pytest.raises(UserError, match="b.json' is not a card .*individual_minus_ta"):
+        lb.write_leaderboard(res, tmp_path / "lb2.md", cards)
+    assert not (tmp_path / "lb2.md").exists()

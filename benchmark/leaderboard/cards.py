@@ -15,6 +15,7 @@ def load_cards(cards_dir: str | os.PathLike | None) -> list[dict[str, Any]]:
     """Every card under ``cards_dir`` (none when it is None or missing), ordered by suite, backbone, profile, seed.
     A file that is not a card is a one-line error naming it (a silently skipped card would hide a failed target)."""
     from benchmark.errors import UserError
+    from benchmark.suite_card import check
 
     if cards_dir is None or not Path(cards_dir).is_dir():
         return []
@@ -22,8 +23,10 @@ def load_cards(cards_dir: str | os.PathLike | None) -> list[dict[str, Any]]:
     for path in sorted(Path(cards_dir).glob("*.json")):
         try:
             card = json.loads(path.read_text())
-            _ = card["suite"], card["backbone"], card["identifiability"]["per_task"], card["merge_signal"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            _ = card["suite"], card["profile"], card["seed"], card["gram_similarity"]
+            _ = [card["identifiability"]["per_task"][t] for t in card["identifiability"]["per_task"]]
+            check(card)  # every value a target reads: a card missing one is refused here, not mid-render
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise UserError(f"suite card {str(path)!r} is not a card ({type(e).__name__}: {e})") from None
         cards.append(card)
     return sorted(cards, key=lambda c: (c["suite"], c["backbone"], c["profile"], c["seed"]))
