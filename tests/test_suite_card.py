@@ -137,3 +137,27 @@ def test_cli_writes_the_card_and_refuses_a_bad_backbone(tmp_path, cache_root):
     bad = subprocess.run([sys.executable, "-m", "benchmark", "suite-card", "--backbone", "nope"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "clip_vit_b32" in bad.stderr
+
+
+def test_targets_are_the_issues_per_backbone_bounds():
+    """Issue 13's targets, written out here by hand: strict identifiability (95 overall, 85 per task) where the
+    papers' routed methods land within 2 points of Individual; 75 elsewhere; the entropy premise on
+    classification only; merge signal 25 (vision) or 12 (text, detection), Individual - TA 8, TA - Pretrained 3
+    on classification only."""
+    from benchmark.suite_card import targets
+
+    def bounds(backbone, detection):
+        return {name: bound for name, _, bound in targets(backbone, detection)}
+
+    strict_vision = {"identifiability, overall": 95, "identifiability, every task": 85,
+                     "Spearman(entropy, loss), pooled": 0.6, "Spearman(entropy, loss), every task": 0.3,
+                     "Individual - Pretrained": 25, "Individual - TA": 8, "TA - Pretrained": 3}
+    assert bounds("clip_vit_b32", False) == strict_vision == bounds("clip_vit_l14", False)
+    assert bounds("roberta_base", False) == {**strict_vision, "Individual - Pretrained": 12}
+    assert bounds("convnext", False) == {"identifiability, overall": 75, "Spearman(entropy, loss), pooled": 0.6,
+                                         "Spearman(entropy, loss), every task": 0.3, "Individual - Pretrained": 25,
+                                         "Individual - TA": 8, "TA - Pretrained": 3}
+    assert bounds("mamba_130m", False)["Individual - Pretrained"] == 12
+    assert "identifiability, every task" not in bounds("mamba_130m", False)
+    assert bounds("detr_r50", True) == {"identifiability, overall": 75, "Individual - Pretrained": 12,
+                                        "Individual - TA": 8}
