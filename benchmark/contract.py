@@ -449,6 +449,12 @@ class Suite(ABC):
         """A string that changes whenever the data does: backbones put it in their checkpoints' cache keys."""
         return f"{type(self).__name__}:{self.profile}"
 
+    def fingerprint(self) -> str | None:
+        """The sha256 of the data this suite serves, as stored (a record's ``suite_data``: runs on different data
+        are never compared), or None where it cannot be had without hashing a whole real data set (the paper
+        profile: there the record's checkpoint hashes and the user's data folders identify the run)."""
+        return None
+
     def classnames(self, task: str) -> list[str]:
         """The class names of ``task``'s label space (zero-shot heads, head sizes)."""
         return list(self.load(task, "train").classes or [])

@@ -38,7 +38,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 REQUIRED_KEYS = (
     "run_id",
@@ -109,6 +109,10 @@ def validate(record: dict[str, Any]) -> None:
         if key in record and (isinstance(record[key], bool) or not isinstance(record[key], kind)):
             raise RecordError(f"record {record['run_id']!r}: {key} must be "
                               f"{'an object' if kind is dict else 'a number'}, got {record[key]!r:.60}")
+    sd = record.get("suite_data")  # optional (records from before it existed, paper runs: null)
+    if sd is not None and not (isinstance(sd, str) and len(sd) == 64 and all(c in "0123456789abcdef" for c in sd)):
+        raise RecordError(f"record {record['run_id']!r}: suite_data must be a sha256 (64 hex digits) or null, "
+                          f"got {sd!r:.80}")
     if "val_average" in record and not math.isfinite(record["val_average"]):
         raise RecordError(f"record {record['run_id']}: val_average is not finite: {record['val_average']!r}")
     for key in ("seed", "storage_bytes", "peak_rss_bytes"):
@@ -157,7 +161,9 @@ def write_record(record: dict[str, Any], results_dir: str | os.PathLike) -> Path
     """Validate and write ``<results_dir>/<run_id>.json`` atomically (:func:`atomic_write_text`).
 
     A record already there with the same run id (the same config) but other scores or storage is kept; the new one
-    goes to ``<run_id>.json.rejected`` (not read as a record) and :class:`RecordError` says so."""
+    goes to ``<run_id>.json.rejected`` (not read as a record) and :class:`RecordError` says so. Unless the two ran
+    on different data of the suite (``suite_data``): then the old record is of data the suite no longer makes, and
+    the new one replaces it, with a :class:`RecordWarning` naming both data versions."""
     validate(record)
     path = Path(results_dir) / f"{record['run_id']}.json"
     text = json.dumps(_clean(record), indent=1, sort_keys=True) + "\n"
@@ -165,7 +171,11 @@ def write_record(record: dict[str, Any], results_dir: str | os.PathLike) -> Path
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         old = None  # nothing there, or nothing readable worth keeping: the new record replaces it
-    if isinstance(old, dict) and (old.get("metrics"), old.get("storage_bytes")) != (
+    if isinstance(old, dict) and (old.get("suite_data") or "") != (record.get("suite_data") or ""):
+        warnings.warn(f"replaced {path.name}: its run was on other data of suite {record['suite']} "
+                      f"({(old.get('suite_data') or 'unrecorded')[:12]}, now {(record.get('suite_data') or '-')[:12]})",
+                      RecordWarning, stacklevel=2)
+    elif isinstance(old, dict) and (old.get("metrics"), old.get("storage_bytes")) != (
             _clean(record["metrics"]), record["storage_bytes"]):
         # same run id (same config) but other scores: a changed cache or code. Never replace silently.
         kept = atomic_write_text(path.with_name(path.name + ".rejected"), text)
@@ -246,8 +256,9 @@ def find_by_config(results_dir: str | os.PathLike, h: str) -> Iterable[dict[str,
 
 #: the record's scalar keys that become columns of :func:`load`'s frame, in this order (``val_average`` is missing
 #: where the run did not score the val split)
-FRAME_KEYS = ("run_id", "method", "method_kind", "backbone", "suite", "profile", "seed", "config_hash",
-              "storage_bytes", "peak_rss_bytes", "git_commit", "created", "average", "val_average", "build")
+FRAME_KEYS = ("run_id", "method", "method_kind", "backbone", "suite", "suite_data", "profile", "seed",
+              "config_hash", "storage_bytes", "peak_rss_bytes", "git_commit", "created", "average", "val_average",
+              "build")
 
 
 def build_id(checkpoints: dict[str, str] | None) -> str:
@@ -256,6 +267,15 @@ def build_id(checkpoints: dict[str, str] | None) -> str:
     if not checkpoints:
         return ""
     return hashlib.sha256(json.dumps(checkpoints, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def current_suite_data(runs: Iterable[Mapping[str, Any]]) -> str:
+    """The ``suite_data`` of the newest of ``runs`` (by ``created``, then run id): the data one table's runs, or one
+    grid's, are compared on. A suite's data changes when its generators do, and a run on the old data is not
+    comparable with one on the new, so a table shows the runs on the newest data only (the others are listed to
+    rerun). A record without ``suite_data`` (made before records had it) counts as data of its own, ""."""
+    newest = max(runs, key=lambda r: (str(r.get("created") or ""), str(r.get("run_id") or "")))
+    return newest.get("suite_data") or ""
 
 
 def load(results_dir: str | os.PathLike):
@@ -267,8 +287,8 @@ def load(results_dir: str | os.PathLike):
 def frame(records: Iterable[dict[str, Any]]):
     """Records as a ``pandas.DataFrame``, one row per run x split x task.
 
-    Columns: :data:`FRAME_KEYS` (run-level: each run's rows repeat them; ``build`` is :func:`build_id` of the
-    run's checkpoints), then ``split`` (``test`` from ``metrics``;
+    Columns: :data:`FRAME_KEYS` (run-level: each run's rows repeat them; ``suite_data`` is "" where the record has
+    none; ``build`` is :func:`build_id` of the run's checkpoints), then ``split`` (``test`` from ``metrics``;
     ``val`` from ``val_metrics`` where the run scored it), ``task``, ``metric`` (the metric's name), ``score``
     (percent), ``params`` (the resolved parameters as canonical JSON text: what identifies a setting exactly), then
     every parameter as ``param.<name>`` (nested values flattened with dots; a parameter a method lacks is missing;
@@ -281,6 +301,7 @@ def frame(records: Iterable[dict[str, Any]]):
     for rec in sorted(records, key=lambda r: r["run_id"]):
         flat = pd.json_normalize(rec["params"], sep=".").to_dict("records")[0] if rec["params"] else {}
         base = {k: rec.get(k) for k in FRAME_KEYS}
+        base["suite_data"] = rec.get("suite_data") or ""
         base["build"] = build_id(rec.get("checkpoints"))
         base["params"] = json.dumps(rec["params"], sort_keys=True)
         base.update({f"param.{k}": v for k, v in flat.items()})

@@ -245,6 +245,16 @@ def check_kind(name: str, method: Method, merged: Merged) -> None:
                         f"{type(merged).__name__} (kind {got!r})")
 
 
+def suite_fingerprint(spec: RunSpec, progress: bool = False) -> str:
+    """The content hash of the data ``spec``'s suite serves now (:meth:`benchmark.contract.Suite.fingerprint`;
+    generating it into the cache where it is not there yet), "" where the suite cannot say (the paper profile): what
+    a record of this run would name as its ``suite_data``."""
+    res = resolve(spec)
+    suite: Suite = res.suite.obj(profile=spec.profile, seed=spec.seed, cache=Cache(spec.cache_root),
+                                 progress=progress)
+    return suite.fingerprint() or ""
+
+
 def make_backbone(res: Resolved, cache: Cache) -> Backbone:
     spec = res.spec
     suite: Suite = res.suite.obj(profile=spec.profile, seed=spec.seed, cache=cache, progress=spec.progress)
@@ -340,6 +350,8 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path]:
         "params": res.params,
         "backbone": spec.backbone,
         "suite": res.suite.name,
+        # the data itself, by content: a table never compares runs on different data (benchmark.leaderboard)
+        "suite_data": backbone.suite.fingerprint(),
         "seed": spec.seed,
         "metrics": metrics,
         "metric_names": ev["metric_names"],

@@ -22,6 +22,8 @@ or the file layout here changes every key, so a stale entry is never read back.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import threading
 from pathlib import Path
@@ -30,7 +32,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from benchmark.cache import Cache, code_version, config_key
+from benchmark.cache import Cache, CacheError, code_version, config_key
 from benchmark.contract import Suite, TaskData
 from benchmark.errors import UserError
 
@@ -126,6 +128,20 @@ class GeneratedSuite(Suite):
             self.write_extra(tmp)
 
         return cache.get_or_build(self.plugin_name, self.config(), self.seed, self.version, build)
+
+    def fingerprint(self) -> str | None:
+        """The sha256 of the cache entry's files (each file's verified sha256 by its name): the generated data
+        itself, so it changes with any array and with nothing else (a refactor that leaves the bytes alone keeps
+        it; a version key does not). None on the paper profile."""
+        entry = self.prepare()
+        if entry is None:
+            return None
+        cache = self.cache if self.cache is not None else Cache()
+        try:
+            files = cache.verify(entry)
+        except ValueError as e:
+            raise CacheError(f"cache entry {entry}: {e}") from None
+        return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
     def stored(self, task: str) -> dict[str, Tensor]:
         """The task's stored tensors (all splits), read once per process."""

@@ -237,6 +237,7 @@ def test_runner_end_to_end(bb, cache_root, tmp_path):
                             cache_root=str(cache_root), progress=False))
     assert path.exists() and set(rec["metrics"]) == set(bb.tasks)
     assert rec["checkpoints"] == bb.checkpoints() and rec["storage_bytes"] > 0
+    assert rec["suite_data"] == bb.suite.fingerprint() and len(rec["suite_data"]) == 64  # the data it ran on
 
 
 # ----------------------------------------------------------------------------------------------------------------

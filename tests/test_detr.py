@@ -158,6 +158,7 @@ def test_task_arithmetic_run_writes_a_record(cache_root, tmp_path):
     assert path.exists() and json.loads(path.read_text())["run_id"] == rec["run_id"]
     assert rec["suite"] == "rf100_7" and set(rec["metrics"]) == set(SUITES.get("rf100_7").obj("micro").tasks)
     assert set(rec["metric_names"].values()) == {"mAP@50"}
+    assert rec["suite_data"] == SUITES.get("rf100_7").obj("micro", cache=Cache(cache_root)).fingerprint()
     assert all(0.0 <= v <= 100.0 for v in rec["metrics"].values())
 
 

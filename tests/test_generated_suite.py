@@ -6,6 +6,7 @@ import inspect
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -75,3 +76,35 @@ def test_load_gives_the_generated_split_and_a_second_instance_reads_the_same_ten
     assert len(x) == a.sizes["val"]
     assert b.load(task, "val").inputs is x.inputs  # one read per process (the shared memo)
     assert x.classes == a.classnames(task)
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_the_fingerprint_is_the_hash_of_the_data_files_and_changes_with_the_data(name, tmp_path, monkeypatch):
+    """A record's ``suite_data``: the sha256 over the cache entry's files' own sha256s, computed here from the bytes;
+    another array gives another fingerprint; the paper profile has none (its data sets are the user's)."""
+    import hashlib
+    import json
+
+    from benchmark.cache import Cache
+
+    suite = _suite(name, cache=Cache(tmp_path / "a"))
+    entry = suite.prepare()
+    files = {p.relative_to(entry).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(entry.rglob("*")) if p.is_file() and not p.name.startswith(".")
+             and p.name != "entry.json"}  # the cache's manifest and marker are not data
+    assert any(f.endswith(".safetensors") for f in files)
+    want = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    assert suite.fingerprint() == want
+    assert _suite(name, cache=Cache(tmp_path / "b")).fingerprint() == want  # rebuilt elsewhere: the same bytes
+    cls = type(suite)
+    real = cls.generate
+
+    def nudged(self, task, split):
+        out = real(self, task, split)
+        if task != self.tasks[0] or split != "test":
+            return out
+        return {k: (~v if v.dtype == torch.bool else v + 1) for k, v in out.items()}
+
+    monkeypatch.setattr(cls, "generate", nudged)
+    assert _suite(name, cache=Cache(tmp_path / "c")).fingerprint() != want
+    assert _suite(name, profile="paper").fingerprint() is None

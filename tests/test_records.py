@@ -198,3 +198,28 @@ def test_a_bad_results_dir_is_refused_before_the_run(tmp_path, capsys):
     assert main(argv + ["--results-dir", str(tmp_path / "file" / "sub")]) == 2
     err = capsys.readouterr().err
     assert "is not a writable directory" in err and err.count("\n") == 1
+
+
+def test_a_record_on_other_suite_data_replaces_the_old_one_and_says_so(tmp_path):
+    """Same config, other data of the suite (its generators changed): the old record is of data that is no longer
+    made, so the new one replaces it with a warning; on the same data, other scores are still refused."""
+    from benchmark.records import RecordWarning
+
+    write_record(make_record(suite_data="a" * 64), tmp_path)
+    with pytest.raises(RecordError, match="exists with other scores"):
+        write_record(make_record(suite_data="a" * 64, metrics={"t1": 1.0, "t2": 2.0}, average=1.5), tmp_path)
+    with pytest.warns(RecordWarning, match=r"replaced b-m-tiny-s0-abc.json: .*other data of suite s "
+                                           r"\(aaaaaaaaaaaa, now cccccccccccc\)"):
+        write_record(make_record(suite_data="c" * 64, metrics={"t1": 1.0, "t2": 2.0}, average=1.5), tmp_path)
+    (rec,) = load_records(tmp_path)
+    assert rec["suite_data"] == "c" * 64 and rec["metrics"] == {"t1": 1.0, "t2": 2.0}
+    with pytest.warns(RecordWarning, match=r"\(cccccccccccc, now -\)"):  # a run that cannot fingerprint its data
+        write_record(make_record(suite_data=None), tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["abc", "A" * 64, "g" * 64, 7, ["a" * 64]])
+def test_suite_data_is_a_sha256_or_null(bad):
+    validate(make_record(suite_data=None))
+    validate(make_record(suite_data="0123456789abcdef" * 4))
+    with pytest.raises(RecordError, match="suite_data must be a sha256"):
+        validate(make_record(suite_data=bad))
