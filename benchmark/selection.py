@@ -73,11 +73,13 @@ class Selection:
 def select_grids(sweep: Any, records: Sequence[Mapping[str, Any]], source: str = "the sweep") -> list[Selection]:
     """For every (profile, backbone, suite, method) of ``sweep`` (:class:`benchmark.sweep.Sweep`) whose runs span
     two or more settings, the setting with the best mean val average over seeds, among the records whose config
-    hash is one of the sweep's runs.
+    hash is one of the sweep's runs and whose suite data is the grid's newest run's
+    (:func:`benchmark.records.current_suite_data`).
 
     Raises :class:`benchmark.errors.UserError` (one line) when a grid has no records at all, or records without val
     scores (the run did not score the val split: ``select_by: val`` / ``--eval-val``), or is only partly run."""
     from benchmark.errors import UserError
+    from benchmark.records import current_suite_data
 
     by_hash: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for r in records:
@@ -93,7 +95,11 @@ def select_grids(sweep: Any, records: Sequence[Mapping[str, Any]], source: str =
         if len(settings) < 2:
             continue  # nothing to select: the method runs at its one setting
         where = f"{method} on {backbone}/{suite} ({profile})"
-        have = {p: [rec for run in runs for rec in by_hash.get(run.config_hash, [])] for p, runs in settings.items()}
+        grid = {run.config_hash: by_hash.get(run.config_hash, []) for runs in settings.values() for run in runs}
+        if any(grid.values()):  # the newest data only, as on the leaderboard: a grid never spans two data versions
+            data = current_suite_data([rec for v in grid.values() for rec in v])
+            grid = {h: [rec for rec in v if (rec.get("suite_data") or "") == data] for h, v in grid.items()}
+        have = {p: [rec for run in runs for rec in grid[run.config_hash]] for p, runs in settings.items()}
         n_recs = sum(len(v) for v in have.values())
         if n_recs == 0:
             raise UserError(f"{source}: no records of {where}'s grid ({len(settings)} settings) in the results dir; "
@@ -103,7 +109,7 @@ def select_grids(sweep: Any, records: Sequence[Mapping[str, Any]], source: str =
             raise UserError(f"{source}: {no_val} of the {n_recs} records of {where}'s grid have no val scores "
                             f"(run with select_by: val or --eval-val); a selection needs the val split, never test")
         missing = [p for p, runs in settings.items()
-                   if any(not by_hash.get(run.config_hash) for run in runs)]
+                   if any(not grid[run.config_hash] for run in runs)]
         if missing:
             raise UserError(f"{source}: {where}: {len(missing)} of {len(settings)} settings of its grid (seeds "
                             f"included) have no record yet; finish the sweep before selecting")

@@ -579,3 +579,25 @@ def test_the_suite_cards_section_shows_every_target_and_marks_the_missed(tmp_pat
     with pytest.raises(UserError, match="b.json' is not a card .*individual_minus_ta"):
         lb.write_leaderboard(res, tmp_path / "lb2.md", cards)
     assert not (tmp_path / "lb2.md").exists()
+
+
+def test_a_table_shows_the_runs_on_the_newest_suite_data_only():
+    """Runs on data the suite's generators made before (another ``suite_data``) never mix into its table, whatever
+    their checkpoints; they are named in a note. Records from before ``suite_data`` existed count as data "" ."""
+    old, new = "1" * 64, "2" * 64
+    recs = []
+    for method, data, v, day in [("m1", old, 60.0, 20), ("m2", old, 61.0, 21), ("m3", old, 99.0, 21),
+                                 ("m1", new, 40.0, 22), ("m2", new, 45.0, 23)]:
+        r = make_record(method, metrics={"t": v}, created=f"2026-11-{day}T10:00:00+00:00")
+        r["suite_data"] = data
+        r["run_id"] += data[0]
+        recs.append(r)
+    (t,) = lb.build_tables(recs, paper=[], defaults=no_defaults, task_order=no_order)
+    assert {r.label: r.scores["t"] for r in t.rows if r.origin == "ours"} == {"m1": 40.0, "m2": 45.0}
+    (note,) = [n for n in t.notes if n.startswith("Not shown")]
+    assert note.startswith("Not shown: 3 runs on other data") and all(r["run_id"] in note for r in recs[:3])
+    assert t.other_data == sorted(r["run_id"] for r in recs[:3])
+    # the newest run decides, whatever most runs are on; a record without suite_data is data of its own
+    legacy = make_record("m4", metrics={"t": 70.0}, created="2026-11-24T10:00:00+00:00")
+    kept, left = lb.on_current_data(frame(recs + [legacy]))
+    assert set(kept.run_id) == {legacy["run_id"]} and len(left) == 5

@@ -62,7 +62,8 @@ from benchmark.leaderboard.paper import (PAPER_BACKBONES, PAPER_CSV, PAPER_ONLY_
 from benchmark.leaderboard.plots import pareto_front, render_plot
 from benchmark.leaderboard.stats import not_distinguishable, paired_p_value, standard_error
 from benchmark.leaderboard.tables import (PROFILE_RANK, TYPE_RANK, Row, Table, build_tables, mark_best,
-                                          method_label, one_build_per_seed, registry_defaults, registry_task_order)
+                                          method_label, on_current_data, one_build_per_seed, registry_defaults,
+                                          registry_task_order)
 from benchmark.selection import select_by_val
 
 __all__ = [
@@ -72,5 +73,6 @@ __all__ = [
     "mark_best", "match_paper_rows", "select_by_val", "method_label", "paper_task_name", "registry_defaults",
     "registry_task_order", "render_markdown", "render_table", "render_plot", "pareto_front", "row_type",
     "short_commit", "standard_error", "paired_p_value", "not_distinguishable", "write_leaderboard", "check_output",
+    "on_current_data",
     "one_build_per_seed",
 ]

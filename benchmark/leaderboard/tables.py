@@ -11,6 +11,10 @@ Labels (:func:`method_label`) name every parameter that differs from the method'
 (:meth:`benchmark.registry.Plugin.defaults` with the backbone's ``task_kind``), so a record run at a setting that
 is no longer the default shows that setting, never as the default.
 
+One data version per table (:func:`on_current_data`): a table shows the runs on the suite data of its newest run
+(the records' ``suite_data``, the data's content hash), so runs on a suite's earlier generators never mix into it;
+they are named in a note, to rerun.
+
 One build per seed (:func:`one_build_per_seed`): runs are compared only when they merged the same checkpoints. The
 tiny profile builds its checkpoints on the machine that runs it, and two machines can build different bits
 (README, "Profiles"), so a table keeps, per seed, the build most of its runs share and names the runs it leaves out.
@@ -27,10 +31,11 @@ from typing import Any, Callable, Mapping, Sequence
 from benchmark.leaderboard.paper import (PaperRow, load_paper_results, match_paper_rows, method_infos, method_key,
                                          paper_key, paper_order, paper_table, paper_task_name, row_type)
 from benchmark.leaderboard.stats import MIN_SEEDS, not_distinguishable, standard_error
+from benchmark.records import current_suite_data
 from benchmark.selection import select_by_val
 
 __all__ = ["TYPE_RANK", "PROFILE_RANK", "Row", "Table", "registry_defaults", "registry_task_order", "method_label",
-           "build_tables", "mark_best", "one_build_per_seed"]
+           "build_tables", "mark_best", "on_current_data", "one_build_per_seed"]
 
 TYPE_RANK = {"reference": 0, "static": 1, "dynamic": 2}
 PROFILE_RANK = {"paper": 0, "tiny": 1}
@@ -74,6 +79,7 @@ class Table:
     sources: list[str] = field(default_factory=list)  # paper tables, footnote n = index + 1
     notes: list[str] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)  # run ids on another checkpoint build (one_build_per_seed)
+    other_data: list[str] = field(default_factory=list)  # run ids on other data of the suite (on_current_data)
 
     @property
     def slug(self) -> str:
@@ -196,15 +202,33 @@ def build_tables(
     tables = []
     for key in keys:
         sel = fr[(fr.profile == key[0]) & (fr.backbone == key[1]) & (fr.suite == key[2])]
+        sel, other_data = on_current_data(sel)
         sel, left_out = one_build_per_seed(sel)
         table = _build_table(*key, sel, paper, defaults, task_order)
         table.left_out = left_out
+        table.other_data = other_data
+        if other_data:
+            table.notes.append(f"Not shown: {len(other_data)} run{'s' if len(other_data) > 1 else ''} on other data "
+                               f"of this suite (an earlier version of its generators; {', '.join(other_data)}); "
+                               f"rerun on this data to compare.")
         if left_out:
             table.notes.append(f"Not compared: {len(left_out)} run{'s' if len(left_out) > 1 else ''} on another "
                                f"build of this seed's checkpoints ({', '.join(left_out)}); rerun on this build to "
                                f"compare.")
         tables.append(table)
     return tables
+
+
+def on_current_data(fr) -> tuple[Any, list[str]]:
+    """``fr`` (one table's frame) with only the runs on the suite data of its newest run
+    (:func:`benchmark.records.current_suite_data`), and the run ids left out: scores on different data are never
+    compared, whatever the checkpoints."""
+    if "suite_data" not in fr.columns or fr.empty:
+        return fr, []
+    runs = fr.drop_duplicates("run_id")
+    data = current_suite_data(runs[["run_id", "created", "suite_data"]].to_dict("records"))
+    left_out = sorted(runs.loc[runs["suite_data"] != data, "run_id"])
+    return fr[fr["suite_data"] == data], left_out
 
 
 def one_build_per_seed(fr) -> tuple[Any, list[str]]:
