@@ -428,8 +428,13 @@ def load_sweeps(
 # Resume
 
 
-def finished(runs: Sequence[SweepRun], results_dir: str | os.PathLike) -> set[str]:
-    """Config hashes of the runs that already have a record (with val metrics where the run asks for them)."""
+def finished(runs: Sequence[SweepRun], results_dir: str | os.PathLike, *, check_data: bool = True) -> set[str]:
+    """Config hashes of the runs that already have a record (with val metrics where the run asks for them) on the
+    suite's current data: a record of the same config on data the suite's generators no longer make is a run still
+    to do (it is replaced when done; :func:`benchmark.records.write_record`). ``check_data=False`` skips generating
+    the suites to compare (a listing that must not build anything)."""
+    from benchmark.runner import suite_fingerprint
+
     results_dir = Path(results_dir)
     if not results_dir.exists():
         return set()
@@ -437,11 +442,22 @@ def finished(runs: Sequence[SweepRun], results_dir: str | os.PathLike) -> set[st
         records = load_records(results_dir)
     except RecordError as e:
         raise UserError(f"cannot resume: {e}") from None
-    has = {}
+    by_hash: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
-        h = rec.get("config_hash")
-        has[h] = has.get(h, False) or "val_metrics" in rec
-    return {r.config_hash for r in runs if r.config_hash in has and (has[r.config_hash] or not r.needs_val)}
+        by_hash.setdefault(str(rec.get("config_hash")), []).append(rec)
+    data: dict[tuple, str] = {}  # one fingerprint per suite, profile, seed and cache
+    out = set()
+    for r in runs:
+        recs = by_hash.get(r.config_hash, [])
+        if recs and check_data:
+            s = r.spec
+            key = (s.backbone, s.suite, s.profile, s.seed, s.cache_root)
+            if key not in data:
+                data[key] = suite_fingerprint(s)
+            recs = [rec for rec in recs if (rec.get("suite_data") or "") == data[key]]
+        if recs and (not r.needs_val or any("val_metrics" in rec for rec in recs)):
+            out.add(r.config_hash)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------

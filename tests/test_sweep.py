@@ -626,3 +626,51 @@ def test_leaderboard_with_a_grid_refuses_a_results_dir_without_its_val_scores(tm
             progress=False)
     assert main(["leaderboard", "--results-dir", str(res), "--output", str(out), "--grid", str(f)]) == 0
     assert "· best of 2 by val" in out.read_text()
+
+
+def test_a_run_on_data_the_suite_no_longer_makes_is_run_again_and_replaced(tmp_path, monkeypatch):
+    """A record of the same config on other suite data (the suite's generators changed) is not a finished run: the
+    sweep runs it again, and the new record replaces the old one, saying so; the data is part of the record."""
+    import _fake_plugins as fp
+    from benchmark.records import RecordWarning
+
+    res = tmp_path / "results"
+    monkeypatch.setattr(fp._FakeSuite, "fingerprint", lambda self: "a" * 64)
+    sweep = expand(sweep_doc(), source="s", results_dir=res)
+    assert len(execute(sweep, SequentialExecutor(), res, progress=False).done) == 2
+    assert {r["suite_data"] for r in records(res)} == {"a" * 64}
+    assert execute(sweep, SequentialExecutor(), res, progress=False).skipped == 2  # same data: finished
+    monkeypatch.setattr(fp._FakeSuite, "fingerprint", lambda self: "b" * 64)
+    assert finished(sweep.runs, res) == set()
+    assert finished(sweep.runs, res, check_data=False) == {r.config_hash for r in sweep.runs}
+    with pytest.warns(RecordWarning, match=r"replaced .*other data of suite fake_sweep_suite \(aaaaaaaaaaaa, now "
+                                           r"bbbbbbbbbbbb\)"):
+        again = execute(sweep, SequentialExecutor(), res, progress=False)
+    assert (len(again.done), again.skipped) == (2, 0)
+    recs = records(res)
+    assert len(recs) == 2 and {r["suite_data"] for r in recs} == {"b" * 64}
+
+
+def test_a_selection_reads_the_grids_newest_suite_data_only(tmp_path):
+    """A grid's records on an earlier version of the suite's data never take part in its selection: with the grid
+    rerun on new data, the selection is the new data's alone; with it half rerun, the grid is unfinished."""
+    import copy
+
+    from benchmark.selection import select_grids
+
+    res = tmp_path / "r"
+    doc = sweep_doc(seeds=[0], select_by="val", methods={M: {"lam": [0.0, 1.0, 2.0]}})
+    sw = expand(doc, source="s", results_dir=res)
+    execute(sw, SequentialExecutor(), res, progress=False)
+    old = load_records(res)
+    (sel_old,) = select_grids(sw, old)
+    new = copy.deepcopy(old)
+    for r in new:  # on the new data the val scores order the settings the other way round
+        r.update(suite_data="b" * 64, created="2099-01-01T00:00:00+00:00",
+                 val_average=-float(r["val_average"]) if r["params"] != sel_old.params else -1e9)
+    (sel_new,) = select_grids(sw, new)
+    assert sel_new.params != sel_old.params
+    (sel_both,) = select_grids(sw, old + new)
+    assert (sel_both.params, sel_both.val_average) == (sel_new.params, sel_new.val_average)
+    with pytest.raises(UserError, match="have no record yet"):
+        select_grids(sw, old + new[:1])
