@@ -428,11 +428,13 @@ def load_sweeps(
 # Resume
 
 
-def finished(runs: Sequence[SweepRun], results_dir: str | os.PathLike, *, check_data: bool = True) -> set[str]:
+def finished(runs: Sequence[SweepRun], results_dir: str | os.PathLike, *, check_data: bool = True,
+             progress: bool = False) -> set[str]:
     """Config hashes of the runs that already have a record (with val metrics where the run asks for them) on the
     suite's current data: a record of the same config on data the suite's generators no longer make is a run still
     to do (it is replaced when done; :func:`benchmark.records.write_record`). ``check_data=False`` skips generating
-    the suites to compare (a listing that must not build anything)."""
+    the suites to compare (a listing that must not build anything); ``progress`` shows a bar while a suite's data
+    is generated for the comparison."""
     from benchmark.runner import suite_fingerprint
 
     results_dir = Path(results_dir)
@@ -453,7 +455,7 @@ def finished(runs: Sequence[SweepRun], results_dir: str | os.PathLike, *, check_
             s = r.spec
             key = (s.backbone, s.suite, s.profile, s.seed, s.cache_root)
             if key not in data:
-                data[key] = suite_fingerprint(s)
+                data[key] = suite_fingerprint(s, progress=progress)
             recs = [rec for rec in recs if (rec.get("suite_data") or "") == data[key]]
         if recs and (not r.needs_val or any("val_metrics" in rec for rec in recs)):
             out.add(r.config_hash)
@@ -532,7 +534,7 @@ def execute(
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    done = finished(sweep.runs, results_dir)
+    done = finished(sweep.runs, results_dir, progress=progress)
     todo = [r for r in sweep.runs if r.config_hash not in done]
     summary = Summary(len(sweep.runs), len(sweep.runs) - len(todo), [], list(sweep.unknown), 0.0, executor.name)
     bar = tqdm(total=len(sweep.runs), initial=summary.skipped, desc="sweep", unit="run", disable=not progress,
@@ -594,7 +596,7 @@ def cmd_sweep(args: Any) -> int:
     if not sweep.runs:
         print("warning: the sweep has no runs (no registered backbone or method matched)", file=sys.stderr)
     if args.dry_run:
-        done = finished(sweep.runs, results_dir)
+        done = finished(sweep.runs, results_dir, progress=not args.no_progress)
         for r in sweep.runs:
             print(f"{'finished' if r.config_hash in done else 'to run  '}  {r.config_hash}  {r.label}")
         print(f"{len(sweep.runs)} runs: {len(done)} finished, {len(sweep.runs) - len(done)} to run")
