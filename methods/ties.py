@@ -262,13 +262,29 @@ def fused_ties_merge(
             for s in (1, -1):
                 ones = torch.full((idx.numel(),), s, dtype=torch.int8)
                 cands.append(base.reshape(-1)[idx] + scaling_coef * disjoint_merge(flat, ones, merge_func))
-            pending.append((k, idx, cands[0], cands[1]))
+            del flat
+            # only the entries that either majority would change are kept, compared bit for bit: most zero sums
+            # are entries every task trimmed (0.8^8 = 17% of them at topk=20 with independent tasks), whose
+            # candidates equal the merged value, and keeping those held 16 bytes per entry, 0.6 model copies
+            now = _bits(merged[k].reshape(-1)[idx])
+            keep = (_bits(cands[0]) != now) | (_bits(cands[1]) != now)
+            if bool(keep.any()):
+                pending.append((k, idx[keep], cands[0][keep], cands[1][keep]))
+            del now, keep, cands
         del trimmed, sg
     majority = (total > 0) - (total < 0)
     if majority:  # with majority 0 the zero-sign entries agree with nothing: tau_m = 0 there, as merged already has
         for k, idx, pos, neg in pending:
             merged[k].view(-1)[idx] = pos if majority > 0 else neg
     return merged
+
+
+_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(t: Tensor) -> Tensor:
+    """``t``'s bit patterns (a view as the integer type of its width): equal iff the values are bit-identical."""
+    return t.view(_INT_OF_SIZE[t.element_size()])
 
 
 def ties_select(
