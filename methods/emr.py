@@ -89,7 +89,14 @@ class EMRModel(TaskConditionedModel):
 
     def weights(self, task: str) -> StateDict:
         i = self._tasks.index(task)
-        return emr_task_weights(self._pre, self._uni, self._masks[task], self._r[i])
+        mask = self._masks[task]
+        out = emr_task_weights(self._pre, self._uni, mask, self._r[i])
+        # a task's masks are used once per evaluation, and the reloaded ones are pages of the mapped artifact file
+        # that would otherwise stay resident: after the last task all 8 tasks' masks (a quarter of a float32 model
+        # copy) would sit beside the one task's weights being evaluated
+        if isinstance(mask, PackedMasks):
+            mask.page_out()
+        return out
 
     def extra_metrics(self) -> dict[str, Any]:
         density = {}
