@@ -46,7 +46,9 @@ for 88M float32 entries on a 2-core machine, against 2-4 s for ``torch.kthvalue`
 ``benchmarks/static_merge_time.py --compare-kth`` measures it); sign election and the disjoint merge accumulate
 task by task, so the working set is one model-sized float buffer, one int8 sign per entry and a few tensors,
 independent of the number of tasks (peak RSS growth ~1.0 GB at 88M parameters x 8 tasks, 2.9 models' worth, the
-merged output included). Each task vector is computed twice: once for the thresholds, once in the fused
+merged output included). The zero-sign patch keeps, per entry a majority would change, its index and two candidate
+values; entries whose candidates equal the merged value (every task trimmed them, most of the zero sums) are not
+kept, since keeping them held 0.6 model copies on 8 ViT-L/14 stand-ins. Each task vector is computed twice: once for the thresholds, once in the fused
 elect-and-merge pass (:func:`fused_ties_merge`). At 88M x 8 TIES takes 11.0 s on one thread, 98x the bound of
 moving its bytes once (``benchmarks/paper_scale.py``): it is compute bound (the selection and the per-task passes).
 
