@@ -148,12 +148,14 @@ def limit_heap_retention(threshold: int = PAPER_MMAP_THRESHOLD) -> bool:
     returning False elsewhere), so a freed model-sized temporary leaves the process at once.
 
     Why: glibc raises its mmap threshold each time a mapped chunk is freed (up to 32 MB), after which a model's
-    per-tensor temporaries come from the heap, and the heap keeps what is freed (interleaved long-lived results
-    keep it from shrinking). Measured on 8 ViT-L/14 stand-ins (``benchmarks/paper_scale.py``, one copy = 1.213 GB):
-    TIES peaked at 5.13 GB = 4.23 copies without it and 4.22 GB = 3.48 copies with a 4 MiB threshold (set by
-    ``MALLOC_MMAP_THRESHOLD_``); EMR's anonymous RSS grew to ~10 GB during its merge, of which all but ~1.5 GB was
-    freed heap (``malloc_trim`` after the merge returned it). Setting the threshold also fixes it (no dynamic
-    raising). The cost is a fresh mapping, and its page faults, per large temporary."""
+    per-tensor temporaries come from the heap, and the heap keeps what is freed: on these runs it grew with every
+    tensor instead of reusing its free chunks (``malloc_trim`` after the merge returned almost all of it). Measured on 8 ViT-L/14 stand-ins
+    (``benchmarks/paper_scale.py``, one copy = 1.213 GB, peaks from the record): EMR's anonymous RSS reached
+    ~10 GB in its merge, all but ~1.5 GB of it freed heap, for a peak of 11.9 GB = 9.8 copies; with this (and the
+    CLIP loader's own-memory fix) its merge peaks at ~4.1 GB. TIES went from 5.13 GB = 4.23 copies to 4.22 GB = 3.48
+    with ``MALLOC_MMAP_THRESHOLD_=4194304`` alone. The cost is a fresh mapping, zero-filled page by page, per large
+    temporary: EMR's merge took 38 s without it and 79 s with it there (one thread; a 6-layer, 8-task in-memory
+    EMR merge: 21 s / 2.35 GB RSS growth without, 38 s / 0.39 GB with; a 32 MB threshold: 22 s / 3.03 GB)."""
     try:
         import ctypes
 
