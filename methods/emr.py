@@ -32,7 +32,7 @@ from torch import Tensor
 
 from benchmark.contract import Artifacts, Merged, Method, Pool, StateDict, TaskConditionedModel
 from benchmark.registry import METHODS, Param
-from benchmark.storage import PackedMask, PackedMasks
+from benchmark.storage import PackedMask, PackedMasks, page_out
 
 RESCALE_MODES = ("code", "model_mean")
 
@@ -90,12 +90,17 @@ class EMRModel(TaskConditionedModel):
     def weights(self, task: str) -> StateDict:
         i = self._tasks.index(task)
         mask = self._masks[task]
-        out = emr_task_weights(self._pre, self._uni, mask, self._r[i])
-        # a task's masks are used once per evaluation, and the reloaded ones are pages of the mapped artifact file
-        # that would otherwise stay resident: after the last task all 8 tasks' masks (a quarter of a float32 model
-        # copy) would sit beside the one task's weights being evaluated
-        if isinstance(mask, PackedMasks):
-            mask.page_out()
+        r = self._r[i]
+        out: StateDict = {}
+        # the reloaded tau_uni and masks are pages of the mapped artifact file, and a page once read stays resident:
+        # tau_uni (a model copy) and, by the last task, all 8 tasks' masks (a quarter of one) would sit beside the
+        # task's weights through its evaluation, 4.0 copies on 8 ViT-L/14 stand-ins. So each tensor's pages are
+        # handed back once it is used (read from the file again for the next task: a disk read per task)
+        for k in self._pre:
+            out[k] = emr_task_weights({k: self._pre[k]}, self._uni, {k: mask[k]}, r)[k]
+            page_out(self._uni[k])
+            if isinstance(mask, PackedMasks):
+                page_out(mask.packed[k].bits)
         return out
 
     def extra_metrics(self) -> dict[str, Any]:
