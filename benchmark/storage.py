@@ -382,9 +382,3 @@ class PackedMasks(Mapping[str, Tensor]):
 
     def __len__(self) -> int:
         return len(self.packed)
-
-    def page_out(self) -> None:
-        """:func:`page_out` every packed mask: for masks read from an artifact file (mapped), their pages leave
-        the process's RSS until they are used again."""
-        for m in self.packed.values():
-            page_out(m.bits)

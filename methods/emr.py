@@ -18,7 +18,10 @@ bool tensors, 8 entries per byte) and the K rescalers (``tensor``, float32).
 
 Memory: the task vectors are read one tensor at a time (the pool's lazy views) and the masks are packed as they
 are made, and stay packed after reloading (unpacked one tensor at a time when a task's weights are built): the
-merge holds ``tau_uni`` plus 1/32 of a model per task, not every task vector at once.
+merge holds ``tau_uni`` plus 1/32 of a model per task, not every task vector at once. A task's weights are built
+tensor by tensor, and the pages of each reloaded ``tau_uni`` and mask tensor (the artifact file is mapped) are
+handed back once used, so the evaluation holds the pretrained weights and one task's, not ``tau_uni`` too; the
+price is reading ``tau_uni`` from the file again for every task.
 
 Differences from the reference: none in the default; only the mergeable tensors take part (heads are per task and
 are never merged, as everywhere in this suite).
