@@ -321,6 +321,30 @@ def unpack_bits(packed: Tensor, n: int) -> Tensor:
     return _unpack(packed, n)
 
 
+_MADV_PAGEOUT = 21  # linux/mman.h (Linux 5.4+)
+
+
+def page_out(t: Tensor) -> bool:
+    """Ask the kernel to reclaim the memory pages under ``t`` (Linux ``madvise(MADV_PAGEOUT)``; False where it is
+    refused or unavailable). A hint that loses nothing: a page of a mapped file is read back from the file when it
+    is touched again, an anonymous one is swapped out or, without swap, stays. Pages at the ends that ``t`` shares
+    with its neighbours go too (they come back the same way)."""
+    n = t.numel() * t.element_size()
+    if not n or t.device.type != "cpu":
+        return False
+    try:
+        import ctypes
+        import mmap
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        start = t.data_ptr()
+        aligned = start - start % mmap.PAGESIZE
+        return libc.madvise(aligned, start + n - aligned, _MADV_PAGEOUT) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 class PackedMask:
     """A boolean tensor kept packed 8 entries per byte (:func:`pack_bits`): 1/8 of a ``bool`` tensor's RAM, 1/32 of
     a float32's. ``bits`` is checked against ``shape`` on construction, so :meth:`unpack` cannot fail."""

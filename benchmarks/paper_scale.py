@@ -61,6 +61,14 @@ pretrained/ties/task_arithmetic/dare and 107 for emr, of which 0.88 GB is the im
 loader (fine-tuned checkpoints converted once into the cache, read one tensor at a time), full size,
 ``--rss-model clip_vit_l14 --methods ties,emr --threads 1`` (one copy = 1.213 GB): TIES 5.13 GB = 4.23 copies,
 EMR 11.54 GB = 9.51 copies (goals 3 and 4: not met); TIES under ``MALLOC_MMAP_THRESHOLD_=4194304`` 4.22 GB = 3.48.
+After the memory fixes (the runner's 4 MiB glibc mmap threshold, the CLIP loader's own-memory vision tower, TIES's
+smaller zero-sign patch, EMR's per-tensor paging of the reloaded artifacts), full size, ``--skip merge --skip
+routed --threads 1`` (load average 3-6 from other work): pretrained 3.36 GB = 2.77 copies, TIES 3.58 GB = **2.95**,
+task_arithmetic 3.30 GB = **2.72**, DARE 3.41 GB = **2.81**; EMR 4.87 GB = 4.01 before its paging of ``tau_uni``,
+4.18 GB = **3.45** after (goals 3 / 4 / 4 / 4: met, TIES with 0.05 copies to spare). Each peak is now set by the method's
+working set: TIES at the end of its fused pass (pretrained + merged output + one tensor of every task),
+EMR in its merge (pretrained + ``tau_uni`` + packed masks + one tensor's stack); merge times: TIES 92 s, TA 18 s,
+DARE 54 s, EMR 80 s (38 s before the mmap threshold: the fresh pages of every large temporary cost that).
 
 Run
 ---
@@ -70,7 +78,7 @@ Run
     .venv/bin/python benchmarks/paper_scale.py                      # paper size: ViT-L/14 stand-ins (~12 GB on
                                                                     # disk), 88M x 8 and FusionBench at 4 tasks in
                                                                     # memory (~13 GB); each CLI run up to
-                                                                    # ~12 GB (EMR, above)
+                                                                    # ~4.9 GB (EMR, above)
     .venv/bin/python benchmarks/paper_scale.py --rss-model clip_vit_b32 --rss-model clip_vit_l14
     .venv/bin/python benchmarks/paper_scale.py --skip rss           # only the in-memory parts (2-4)
 

@@ -623,3 +623,52 @@ def test_fusion_bench_names_after_fusion_bench_was_imported():
     assert out.returncode == 0, out.stderr[-2000:]
     n_classes, n_templates = map(int, out.stdout.split()[-2:])
     assert n_classes == 43 and n_templates > 0
+
+
+def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    """The address ranges of this process's mappings of ``path`` (/proc/self/maps)."""
+    out = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and Path(parts[5].strip()) == path:
+                lo, hi = parts[0].split("-")
+                out.append((int(lo, 16), int(hi, 16)))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc")
+def test_hf_encoder_does_not_hold_the_pretrained_file_mapped(hf_root, tmp_path):
+    """The vision tower's tensors are memory of their own, not views of the mapped pretrained CLIPModel file (a view
+    kept the whole file, text tower included, mapped and its touched pages resident after loading)."""
+    import gc
+
+    root, info = hf_root
+    out = cp.load_clip_paper("clip_vit_b32", HF_TASKS, CLASSNAMES, root=str(root))
+    pre_file = (root / B32 / "model.safetensors").resolve()
+    tensors = list(out.encoder.parameters()) + list(out.encoder.buffers()) + list(out.pretrained.values())
+    gc.collect()
+    ranges = _mapped_ranges(pre_file)
+    inside = [t.shape for t in tensors if any(lo <= t.data_ptr() < hi for lo, hi in ranges)]
+    assert not inside
+    for k, v in info["clip"].vision_model.named_parameters():  # and the values are the file's
+        assert torch.equal(out.pretrained["vision_model." + k], v.detach())
+
+
+def test_own_memory_reads_the_file_values_and_copies_what_the_file_lacks(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    m = torch.nn.Linear(3, 2)
+    m.register_buffer("scale", torch.tensor([2.0, 3.0]))
+    save_file({"weight": torch.full((2, 3), 7.0), "bias": torch.tensor([1.0, -1.0])}, str(tmp_path / "w.safetensors"))
+    mapped = load_file(str(tmp_path / "w.safetensors"))  # what transformers holds: views of the map
+    with torch.no_grad():
+        m.weight.copy_(mapped["weight"])
+        m.bias.copy_(torch.tensor([5.0, 5.0]))  # disagrees with the file: converted while loading, so it is kept
+    before = {n: t.data_ptr() for n, t in list(m.named_parameters()) + list(m.named_buffers())}
+    cp._own_memory(m, [tmp_path / "w.safetensors"])
+    assert torch.equal(m.weight, torch.full((2, 3), 7.0)) and torch.equal(m.bias, torch.tensor([5.0, 5.0]))
+    assert torch.equal(m.scale, torch.tensor([2.0, 3.0])) and "scale" in dict(m.named_buffers())
+    after = {n: t.data_ptr() for n, t in list(m.named_parameters()) + list(m.named_buffers())}
+    assert all(after[n] != before[n] for n in before)
+    assert isinstance(m.weight, torch.nn.Parameter) and m.weight.requires_grad

@@ -162,3 +162,15 @@ def test_routed_records_carry_the_plain_knn_baseline(tmp_path):
     ab = rec["extra"]["routing_ablations"]
     assert set(ab) == {"plain_knn"} and set(ab["plain_knn"]) == {"t0", "t1", "t2", "AVG"}
     assert ab["plain_knn"]["AVG"] == 100.0  # the toy blobs are far apart: the plain KNN finds every task
+
+
+def test_limit_heap_retention_sets_glibc_mmap_threshold():
+    """The paper profile fixes glibc's mmap threshold (so freed model-sized temporaries leave the process); run in a
+    child, since the setting is process-wide and would change this test process's allocator."""
+    import subprocess
+    import sys
+    code = ("import ctypes, benchmark.runner as r; "
+            "print(r.limit_heap_retention())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    glibc = sys.platform == "linux"
+    assert out == (["True"] if glibc else ["False"])

@@ -1,6 +1,8 @@
 """The artifact container: measured sizes add up, values come back bit-exactly, damage is reported clearly."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -70,3 +72,19 @@ def test_unknown_codec_is_refused_before_writing(tmp_path):
     with pytest.raises(RegistryError, match="unknown codec 'nope'"):
         write_artifacts(arts, tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="madvise(MADV_PAGEOUT) is Linux's")
+def test_page_out_hands_pages_back_and_loses_nothing(tmp_path):
+    import numpy as np
+
+    from benchmark.storage import page_out
+    vals = torch.arange(3 * 4096, dtype=torch.float32)
+    (tmp_path / "x.bin").write_bytes(vals.numpy().tobytes())
+    file_view = torch.from_numpy(np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="c"))
+    assert torch.equal(file_view, vals)  # its pages are now resident
+    assert page_out(file_view[5:9000])  # unaligned: the pages around it go too
+    assert torch.equal(file_view, vals)  # a file page is read back from the file when touched again
+    anon = vals.clone()
+    assert page_out(anon) and torch.equal(anon, vals)  # an anonymous one stays (no swap) or is swapped back in
+    assert not page_out(torch.zeros(0))
