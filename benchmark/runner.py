@@ -276,15 +276,17 @@ def suite_fingerprint(spec: RunSpec, progress: bool = False) -> str:
     """The content hash of the data ``spec``'s suite serves now (:meth:`benchmark.contract.Suite.fingerprint`;
     generating it into the cache where it is not there yet), "" where the suite cannot say (the paper profile): what
     a record of this run would name as its ``suite_data``."""
-    res = resolve(spec)
-    suite: Suite = res.suite.obj(profile=spec.profile, seed=spec.seed, cache=Cache(spec.cache_root),
-                                 progress=progress)
-    return suite.fingerprint() or ""
+    return make_suite(resolve(spec), Cache(spec.cache_root), progress).fingerprint() or ""
+
+
+def make_suite(res: Resolved, cache: Cache, progress: bool) -> Suite:
+    spec = res.spec
+    return res.suite.obj(profile=spec.profile, seed=spec.seed, cache=cache, progress=progress)
 
 
 def make_backbone(res: Resolved, cache: Cache) -> Backbone:
     spec = res.spec
-    suite: Suite = res.suite.obj(profile=spec.profile, seed=spec.seed, cache=cache, progress=spec.progress)
+    suite = make_suite(res, cache, spec.progress)
     backbone: Backbone = res.backbone.obj(
         profile=spec.profile, suite=suite, seed=spec.seed, cache=cache, progress=spec.progress
     )

@@ -109,11 +109,14 @@ class GeneratedSuite(Suite):
             raise UserError(f"unknown split {split!r}; valid: {', '.join(self.splits)}")
 
     # -- data
+    def _cache(self) -> Cache:
+        return self.cache if self.cache is not None else Cache()
+
     def prepare(self) -> Path | None:
         """Generate (or find in the cache) every task's data; returns the cache entry (``None`` for paper)."""
         if self.profile == "paper":
             return None
-        cache = self.cache if self.cache is not None else Cache()
+        cache = self._cache()
 
         def build(tmp: Path) -> None:
             from safetensors.torch import save_file
@@ -136,7 +139,7 @@ class GeneratedSuite(Suite):
         entry = self.prepare()
         if entry is None:
             return None
-        cache = self.cache if self.cache is not None else Cache()
+        cache = self._cache()
         try:
             files = cache.verify(entry)
         except ValueError as e:
