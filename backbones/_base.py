@@ -18,13 +18,41 @@ from torch import Tensor, nn
 from benchmark.cache import Cache
 from benchmark.contract import Backbone, StateDict
 from benchmark.errors import UserError
-from benchmark.lazy_state import LazyState
+from benchmark.lazy_state import LazyState, cached_state
 from backbones._tiny import stable_hash
 
-__all__ = ["PreparedBackbone", "BaseOps", "DEVICE_ENV_VAR"]
+__all__ = ["PreparedBackbone", "BaseOps", "DEVICE_ENV_VAR", "converted_finetuned", "PAPER_CONVERSION_VERSION",
+           "HEAD_PREFIX"]
 
 #: where the models run (``cpu``, ``cuda``, ``cuda:1``); default: CUDA for the paper profile when there is one
 DEVICE_ENV_VAR = "MERGE_BENCH_DEVICE"
+
+#: version of the conversion of a paper fine-tuned checkpoint into the cache (part of every converted entry's key)
+PAPER_CONVERSION_VERSION = "1"
+#: the prefix under which a converted checkpoint keeps its task's head (never merged) beside the body's tensors
+HEAD_PREFIX = "head:"
+
+
+def converted_finetuned(cache: Cache | None, config: Mapping[str, Any], read: Callable[[], Mapping[str, Tensor]],
+                        keys: list[str]) -> tuple[Mapping[str, Tensor], dict[str, Tensor]]:
+    """A paper fine-tuned checkpoint as ``(body, head)``: ``body`` its mergeable tensors (``keys``), ``head`` the
+    tensors ``read`` returned under :data:`HEAD_PREFIX` (the prefix dropped; empty when it returned none).
+
+    With a ``cache``: the checkpoint is converted once into it as float32 safetensors (``read`` runs only then, so
+    one raw checkpoint is in RAM at a time, and what it checks is checked once per checkpoint) and ``body`` is a
+    :class:`~benchmark.lazy_state.LazyState` read one tensor per access, so the pool never holds a task's whole
+    model. ``config`` keys the entry and must name the checkpoint's sha256 and the keys, so a changed checkpoint is
+    converted again. The head is small and read into RAM. Without a cache: ``read()``, held in RAM."""
+    if cache is None:
+        state: Mapping[str, Tensor] = read()
+    else:
+        state = cached_state(cache, "paper_finetuned", dict(config), PAPER_CONVERSION_VERSION, read)
+    head = {k[len(HEAD_PREFIX):]: state[k] for k in state if k.startswith(HEAD_PREFIX)}
+    if isinstance(state, LazyState):
+        body: Mapping[str, Tensor] = state.restricted(list(keys))
+    else:
+        body = {k: state[k] for k in keys}
+    return body, head
 
 
 class PreparedBackbone(Backbone):

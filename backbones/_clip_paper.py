@@ -76,7 +76,8 @@ from torch import Tensor, nn
 
 from benchmark.cache import sha256_file
 from benchmark.errors import UserError
-from benchmark.lazy_state import LazyState, cached_state
+from benchmark.lazy_state import LazyState
+from backbones._base import converted_finetuned
 from backbones.clip_vit import ImageEncoder
 from tasks.vision_paper import DATASETS, TemplateSource, clip_templates
 
@@ -328,20 +329,12 @@ def _check_inputs(model: str, tasks: Sequence[str], classnames: Mapping[str, Seq
 # ----------------------------------------------------------------------------------------------------------------
 # Fine-tuned states: converted once into the cache, then streamed
 
-#: version of the conversion below (part of every converted entry's key)
-CONVERSION_VERSION = "1"
-
-
 def _finetuned_state(cache: Any, spec: ClipPaperSpec, source: str, name: str, sha256: str, keys: list[str],
                      read: Callable[[], Mapping[str, Tensor]]) -> Mapping[str, Tensor]:
-    """A task's fine-tuned encoder state. With a ``cache`` (a :class:`benchmark.cache.Cache`): converted once into
-    it as float32 safetensors (``read`` runs only then, one checkpoint in RAM at a time) and returned as a
-    :class:`~benchmark.lazy_state.LazyState`, read one tensor per access; the entry is keyed by the checkpoint's
-    sha256, so a changed checkpoint is converted again. Without: ``read()``, held in RAM."""
-    if cache is None:
-        return read()
+    """A task's fine-tuned encoder state: converted once into the ``cache`` and streamed from there, or held in
+    RAM without one (:func:`backbones._base.converted_finetuned`); the entry is keyed by the checkpoint's sha256."""
     config = {"model": spec.pretrained, "source": source, "checkpoint": name, "sha256": sha256, "keys": keys}
-    return cached_state(cache, "paper_finetuned", config, CONVERSION_VERSION, read, keys)
+    return converted_finetuned(cache, config, read, keys)[0]
 
 
 def _restrict(state: Mapping[str, Tensor], keys: list[str]) -> Mapping[str, Tensor]:

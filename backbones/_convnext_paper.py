@@ -34,7 +34,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import Tensor, nn
 
@@ -47,6 +47,7 @@ from backbones._clip_paper import (
     _weight_files,
     read_state_file,
 )
+from backbones._base import HEAD_PREFIX, converted_finetuned
 from benchmark.errors import UserError
 
 __all__ = ["PRETRAINED", "FINETUNED", "PaperConvNeXt", "load_convnext_paper", "convnext_state"]
@@ -65,7 +66,7 @@ class PaperConvNeXt:
 
     encoder: nn.Module
     pretrained: dict[str, Tensor]  # every encoder parameter, float32
-    finetuned: dict[str, dict[str, Tensor]]  # task -> same keys as ``pretrained``
+    finetuned: dict[str, Mapping[str, Tensor]]  # task -> same keys as ``pretrained`` (a LazyState with a cache)
     heads: dict[str, tuple[Tensor, Tensor]]  # task -> (classifier weight [C, e], bias [C]); frozen
     image_size: int  # the centre crop
     resize_size: int  # the shorter side before the crop
@@ -121,12 +122,16 @@ def load_convnext_paper(
     root: str | os.PathLike | None = None,
     pretrained: str = PRETRAINED,
     finetuned: str = FINETUNED,
+    cache: Any = None,
 ) -> PaperConvNeXt:
     """Load the pretrained ConvNeXt and the fine-tuned checkpoints of ``tasks`` (see the module docstring).
 
     ``num_classes[task]`` (optional): the task's number of classes, checked against its classifier. ``root``
     (default ``$MERGE_BENCH_MODELS``): where checkpoints are looked for first. ``pretrained`` / ``finetuned``: hub
-    ids (``finetuned`` with ``{task}``). Everything returned lives on the CPU.
+    ids (``finetuned`` with ``{task}``). ``cache`` (a :class:`benchmark.cache.Cache`, optional): each fine-tuned
+    checkpoint is converted once into it and its state streamed from there, one tensor per access (a
+    :class:`~benchmark.lazy_state.LazyState`); without one, the states are held in RAM. ``pretrained`` is the
+    encoder's own tensors. Everything returned lives on the CPU.
     """
     from transformers import ConvNextConfig, ConvNextModel
 
@@ -166,25 +171,35 @@ def load_convnext_paper(
     pre_state, _ = convnext_state(_read(pre_dir))
     check(pretrained, pre_dir, pre_state)
     encoder.load_state_dict({k: pre_state[k] for k in encoder.state_dict()}, strict=True)
-    pre = {k: pre_state[k].float().clone() for k in params}
+    del pre_state
+    # the encoder's own tensors: functional_call never writes them, so the pool can share them (no second copy)
+    pre = {k: p.detach().float() for k, p in params.items()}
+    keys = list(params)
 
-    fts: dict[str, dict[str, Tensor]] = {}
-    heads: dict[str, tuple[Tensor, Tensor]] = {}
-    for t in tasks:
-        repo, d = ids[t], dirs[t]
+    def read_task(repo: str, d: Path) -> dict[str, Tensor]:
         state, head = convnext_state(_read(d))
         check(repo, d, state)
         w = head.get("weight")
         if w is None or w.ndim != 2 or w.shape[1] != config.hidden_sizes[-1]:
             raise UserError(f"{repo} ({d}): no classifier.weight [C, {config.hidden_sizes[-1]}]; a fine-tuned "
                             f"ConvNextForImageClassification checkpoint is needed for the task's head")
-        if num_classes is not None and t in num_classes and w.shape[0] != int(num_classes[t]):
-            raise UserError(f"{repo}: its classifier has {w.shape[0]} classes, the task {t} {num_classes[t]}")
         b = head.get("bias")
         b = b if b is not None else w.new_zeros(w.shape[0])
-        heads[t] = (w.detach().float().clone().requires_grad_(False), b.detach().float().clone().requires_grad_(False))
-        fts[t] = {k: state[k].float().clone() for k in params}
+        return {**{k: state[k].float() for k in keys}, HEAD_PREFIX + "weight": w.detach().float(),
+                HEAD_PREFIX + "bias": b.detach().float()}
+
+    fts: dict[str, Mapping[str, Tensor]] = {}
+    heads: dict[str, tuple[Tensor, Tensor]] = {}
+    for t in tasks:
+        repo, d = ids[t], dirs[t]
         checkpoints[repo] = _checkpoint_hash(_weight_files(d))
+        config_key = {"model": pretrained, "source": "hf", "checkpoint": repo, "sha256": checkpoints[repo],
+                      "keys": keys}
+        fts[t], head = converted_finetuned(cache, config_key, lambda repo=repo, d=d: read_task(repo, d), keys)
+        w, b = head["weight"], head["bias"]
+        if num_classes is not None and t in num_classes and w.shape[0] != int(num_classes[t]):
+            raise UserError(f"{repo}: its classifier has {w.shape[0]} classes, the task {t} {num_classes[t]}")
+        heads[t] = (w.clone().requires_grad_(False), b.clone().requires_grad_(False))
 
     crop, resize, mean, std = _preprocess(pre_dir)
     return PaperConvNeXt(encoder=encoder, pretrained=pre, finetuned=fts, heads=heads, image_size=crop,

@@ -31,11 +31,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import Tensor
 
 from backbones._clip_paper import MODELS_ENV_VAR, _checkpoint_hash, _first_line, _hf_dir, _weight_files
+from backbones._base import HEAD_PREFIX, converted_finetuned
 from benchmark.errors import UserError
 
 __all__ = ["PAPER_MODEL", "FINETUNED_DIR", "PaperDETR", "load_detr_paper", "finetuned_dir"]
@@ -48,7 +49,7 @@ FINETUNED_DIR = "detr-resnet-50_rf100"
 class PaperDETR:
     detector: object  # backbones.detr.Detector
     pretrained: dict[str, Tensor]
-    finetuned: dict[str, dict[str, Tensor]]
+    finetuned: dict[str, Mapping[str, Tensor]]  # a LazyState per task with a cache
     heads: dict[str, tuple[Tensor, Tensor]]
     checkpoints: dict[str, str]
     image_size: int = 800  # DETR's shorter side (longer side at most 1333)
@@ -68,9 +69,12 @@ def _load_model(d: Path):
 
 
 def load_detr_paper(tasks: Sequence[str], classnames: Mapping[str, Sequence[str]] | None = None, *,
-                    root: str | os.PathLike | None = None) -> PaperDETR:
+                    root: str | os.PathLike | None = None, cache: Any = None) -> PaperDETR:
     """Load the pretrained DETR-ResNet50 and the fine-tuned DETR of every domain in ``tasks`` (see the module
-    docstring). ``classnames[task]``, when given, must match the fine-tuned head's class count."""
+    docstring). ``classnames[task]``, when given, must match the fine-tuned head's class count. ``cache`` (a
+    :class:`benchmark.cache.Cache`, optional): each fine-tuned checkpoint is converted once into it and its state
+    streamed from there, one tensor per access (a :class:`~benchmark.lazy_state.LazyState`); without one, the
+    states are held in RAM. ``pretrained`` is the detector's own tensors."""
     from backbones.detr import Detector
 
     root_s = root if root is not None else os.environ.get(MODELS_ENV_VAR) or None
@@ -101,11 +105,11 @@ def load_detr_paper(tasks: Sequence[str], classnames: Mapping[str, Sequence[str]
         raise UserError(f"detr_r50 (paper): cannot load {pre_dir}: {_first_line(e)}") from e
     detector = Detector(base.model, base.bbox_predictor).eval()
     names = [n for n, _ in detector.named_parameters()]
-    pretrained = {n: p.detach().float().clone() for n, p in detector.named_parameters()}
+    # the detector's own tensors: functional_call never writes them, so the pool can share them (no second copy)
+    pretrained = {n: p.detach().float() for n, p in detector.named_parameters()}
     checkpoints = {PAPER_MODEL: _checkpoint_hash(_weight_files(pre_dir))}
-    finetuned: dict[str, dict[str, Tensor]] = {}
-    heads: dict[str, tuple[Tensor, Tensor]] = {}
-    for t, d in ft_dirs.items():
+
+    def read_task(d: Path) -> dict[str, Tensor]:
         try:
             ft = _load_model(d)
         except Exception as e:  # noqa: BLE001
@@ -114,13 +118,22 @@ def load_detr_paper(tasks: Sequence[str], classnames: Mapping[str, Sequence[str]
         bad = [n for n in names if n not in sd or sd[n].shape != pretrained[n].shape]
         if bad:
             raise UserError(f"detr_r50 (paper): {d} is not a fine-tuned {PAPER_MODEL} (mismatched: {bad[:3]})")
-        finetuned[t] = {n: sd[n].detach().float().clone() for n in names}
-        w, b = ft.class_labels_classifier.weight.detach().float(), ft.class_labels_classifier.bias.detach().float()
+        cls = ft.class_labels_classifier
+        return {**{n: sd[n].detach().float() for n in names}, HEAD_PREFIX + "weight": cls.weight.detach().float(),
+                HEAD_PREFIX + "bias": cls.bias.detach().float()}
+
+    finetuned: dict[str, Mapping[str, Tensor]] = {}
+    heads: dict[str, tuple[Tensor, Tensor]] = {}
+    for t, d in ft_dirs.items():
+        name = f"{FINETUNED_DIR}/{t}"
+        checkpoints[name] = _checkpoint_hash(_weight_files(d))
+        config = {"model": PAPER_MODEL, "source": "hf", "checkpoint": name, "sha256": checkpoints[name],
+                  "keys": names}
+        finetuned[t], head = converted_finetuned(cache, config, lambda d=d: read_task(d), names)
+        w, b = head["weight"], head["bias"]
         if classnames is not None and t in classnames and w.shape[0] != len(classnames[t]) + 1:
             raise UserError(f"detr_r50 (paper): {d} has {w.shape[0] - 1} classes, the data {len(classnames[t])}")
         heads[t] = (w.clone(), b.clone())
-        checkpoints[f"{FINETUNED_DIR}/{t}"] = _checkpoint_hash(_weight_files(d))
-        del ft
     for p in detector.parameters():
         p.requires_grad_(False)
     return PaperDETR(detector, pretrained, finetuned, heads, checkpoints,

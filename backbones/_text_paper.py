@@ -26,6 +26,10 @@ Mamba (:func:`load_mamba_paper`)
     of the fine-tuned ``MambaModel`` (or ``MambaForCausalLM``) plus ``head.safetensors`` holding the task's linear
     head, ``out_proj.weight [C, e]`` and ``out_proj.bias [C]``. The tokenizer is the checkpoint's (GPT-NeoX), right
     padding; a missing pad token is set to the EOS token.
+
+Memory: ``pretrained`` is the encoder's own tensors. With a ``cache`` (a :class:`benchmark.cache.Cache`), each
+fine-tuned checkpoint is converted once into it (body and head, float32 safetensors) and its state streamed from
+there, one tensor per access (a :class:`~benchmark.lazy_state.LazyState`); without one, the states are in RAM.
 """
 from __future__ import annotations
 
@@ -33,11 +37,12 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from backbones._base import HEAD_PREFIX, converted_finetuned
 from backbones._text import TextEncoder
 from benchmark.cache import sha256_file
 from benchmark.errors import UserError
@@ -59,7 +64,7 @@ class PaperText:
     tokenizer: Any
     pad_id: int
     pretrained: dict[str, Tensor]
-    finetuned: dict[str, dict[str, Tensor]]
+    finetuned: dict[str, Mapping[str, Tensor]]  # a LazyState per task with a cache
     heads: dict[str, dict[str, Tensor]]
     checkpoints: dict[str, str] = field(default_factory=dict)
 
@@ -101,7 +106,8 @@ def weights_sha256(directory: Path) -> str:
 
 
 def _params(encoder: TextEncoder) -> dict[str, Tensor]:
-    return {k: v.detach().float().clone() for k, v in encoder.named_parameters()}
+    """The encoder's own tensors: functional_call never writes them, so the pool can share them (no second copy)."""
+    return {k: v.detach().float() for k, v in encoder.named_parameters()}
 
 
 def _body_state(encoder: TextEncoder, body: torch.nn.Module, where: str) -> dict[str, Tensor]:
@@ -111,7 +117,16 @@ def _body_state(encoder: TextEncoder, body: torch.nn.Module, where: str) -> dict
     missing = [k for k in want if k not in own]
     if missing:
         raise UserError(f"{where} lacks {len(missing)} encoder weights (e.g. {missing[0]})")
-    return {k: own[k].detach().float().clone() for k in want}
+    return {k: own[k].detach().float() for k in want}
+
+
+def _finetuned(cache: Any, model: str, name: str, sha256: str, encoder: TextEncoder,
+               read: Callable[[], dict[str, Tensor]]) -> tuple[Mapping[str, Tensor], dict[str, Tensor]]:
+    """A task's (body state, head): converted once into the ``cache`` and streamed from there, or held in RAM
+    without one (:func:`backbones._base.converted_finetuned`); the entry is keyed by the checkpoint's sha256."""
+    keys = [k for k, _ in encoder.named_parameters()]
+    config = {"model": model, "source": "hf", "checkpoint": name, "sha256": sha256, "keys": keys}
+    return converted_finetuned(cache, config, read, keys)
 
 
 def _roberta_task_dir(ckpts: Path, task: str) -> Path:
@@ -127,8 +142,8 @@ def _roberta_task_dir(ckpts: Path, task: str) -> Path:
 
 
 def load_roberta_paper(tasks: Sequence[str], *, root: str | os.PathLike | None = None,
-                       ckpts_root: str | os.PathLike | None = None) -> PaperText:
-    """RoBERTa-base and its per-task GLUE fine-tunes (see the module docstring)."""
+                       ckpts_root: str | os.PathLike | None = None, cache: Any = None) -> PaperText:
+    """RoBERTa-base and its per-task GLUE fine-tunes (see the module docstring; ``cache``: there)."""
     from transformers import AutoTokenizer, RobertaForSequenceClassification, RobertaModel
 
     pre_dir = resolve_checkpoint(ROBERTA_ID, root)
@@ -139,25 +154,31 @@ def load_roberta_paper(tasks: Sequence[str], *, root: str | os.PathLike | None =
     ckpts = Path(ckpts_root) if ckpts_root is not None else resolve_checkpoint(
         ROBERTA_GLUE_ID, root, [f"{t}/*" for t in tasks] + [f"{t}/*/*" for t in tasks])
     checkpoints = {ROBERTA_ID: weights_sha256(pre_dir)}
+
+    def read_task(d: Path) -> dict[str, Tensor]:
+        model = RobertaForSequenceClassification.from_pretrained(str(d))
+        cls = model.classifier
+        head = {"dense.weight": cls.dense.weight, "dense.bias": cls.dense.bias,
+                "out_proj.weight": cls.out_proj.weight, "out_proj.bias": cls.out_proj.bias}
+        return {**_body_state(encoder, model.roberta, str(d)),
+                **{HEAD_PREFIX + k: v.detach().float() for k, v in head.items()}}
+
     finetuned, heads = {}, {}
     for task in tasks:
         d = _roberta_task_dir(ckpts, task)
-        model = RobertaForSequenceClassification.from_pretrained(str(d))
-        finetuned[task] = _body_state(encoder, model.roberta, str(d))
-        cls = model.classifier
-        heads[task] = {"dense.weight": cls.dense.weight, "dense.bias": cls.dense.bias,
-                       "out_proj.weight": cls.out_proj.weight, "out_proj.bias": cls.out_proj.bias}
-        heads[task] = {k: v.detach().float().clone() for k, v in heads[task].items()}
-        checkpoints[f"{ROBERTA_GLUE_ID}/{task}/{d.name}" if d.name != task else f"{ROBERTA_GLUE_ID}/{task}"] = \
-            weights_sha256(d)
-        del model
+        name = f"{ROBERTA_GLUE_ID}/{task}/{d.name}" if d.name != task else f"{ROBERTA_GLUE_ID}/{task}"
+        checkpoints[name] = weights_sha256(d)
+        finetuned[task], head = _finetuned(cache, ROBERTA_ID, name, checkpoints[name], encoder,
+                                           lambda d=d: read_task(d))
+        heads[task] = {k: v.clone() for k, v in head.items()}
     pad = tok.pad_token_id if tok.pad_token_id is not None else body.config.pad_token_id
     return PaperText(encoder, tok, int(pad), _params(encoder), finetuned, heads, checkpoints)
 
 
 def load_mamba_paper(tasks: Sequence[str], *, root: str | os.PathLike | None = None,
-                     ckpts_root: str | os.PathLike | None = None) -> PaperText:
-    """Mamba-130M and its per-task GLUE fine-tunes from local directories (see the module docstring)."""
+                     ckpts_root: str | os.PathLike | None = None, cache: Any = None) -> PaperText:
+    """Mamba-130M and its per-task GLUE fine-tunes from local directories (see the module docstring; ``cache``:
+    there)."""
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, MambaModel
 
@@ -181,12 +202,12 @@ def load_mamba_paper(tasks: Sequence[str], *, root: str | os.PathLike | None = N
         d = ckpts / task
         if not (d / "config.json").is_file() or not (d / "head.safetensors").is_file():
             raise UserError(f"no Mamba fine-tune for {task}: expected {d}/config.json, weights and head.safetensors")
-        model = MambaModel.from_pretrained(str(d))
-        finetuned[task] = _body_state(encoder, model, str(d))
-        head = load_file(str(d / "head.safetensors"))
+        head = load_file(str(d / "head.safetensors"))  # its own small file, read directly (not converted)
         if "out_proj.weight" not in head:
             raise UserError(f"{d}/head.safetensors has no out_proj.weight (has {', '.join(head)})")
         heads[task] = {k: v.float() for k, v in head.items()}
-        checkpoints[f"{ckpts.name}/{task}"] = weights_sha256(d)
-        del model
+        name = f"{ckpts.name}/{task}"
+        checkpoints[name] = weights_sha256(d)
+        finetuned[task], _ = _finetuned(cache, MAMBA_ID, name, checkpoints[name], encoder,
+                                        lambda d=d: _body_state(encoder, MambaModel.from_pretrained(str(d)), str(d)))
     return PaperText(encoder, tok, int(tok.pad_token_id), _params(encoder), finetuned, heads, checkpoints)

@@ -171,7 +171,7 @@ class ConvNeXt(ImageBackbone):
         from backbones._convnext_paper import load_convnext_paper
 
         num_classes = {t: len(self.suite.classnames(t)) for t in self.tasks}
-        paper = load_convnext_paper(self.tasks, num_classes)
+        paper = load_convnext_paper(self.tasks, num_classes, cache=self._cache())
         self.encoder = paper.encoder
         self.image_size, self.resize_size = int(paper.image_size), int(paper.resize_size)
         self.mean, self.std = tuple(paper.mean), tuple(paper.std)

@@ -521,7 +521,7 @@ class Detr(TinyBuild, PreparedBackbone):
     def _prepare_paper(self) -> None:
         from backbones._detr_paper import load_detr_paper
 
-        paper = load_detr_paper(self.tasks, {t: self.suite.classnames(t) for t in self.tasks})
+        paper = load_detr_paper(self.tasks, {t: self.suite.classnames(t) for t in self.tasks}, cache=self._cache())
         self.detector = paper.detector
         self.image_size, self.mean, self.std = paper.image_size, tuple(paper.mean), tuple(paper.std)
         self.mergeable_names = [n for n, _ in self.detector.named_parameters()]

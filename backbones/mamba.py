@@ -124,4 +124,4 @@ class Mamba130M(TextBackbone):
     def _load_paper(self) -> Any:
         from backbones._text_paper import load_mamba_paper
 
-        return load_mamba_paper(self.tasks)
+        return load_mamba_paper(self.tasks, cache=self._cache())

@@ -77,4 +77,4 @@ class RobertaBase(TextBackbone):
     def _load_paper(self) -> Any:
         from backbones._text_paper import load_roberta_paper
 
-        return load_roberta_paper(self.tasks)
+        return load_roberta_paper(self.tasks, cache=self._cache())

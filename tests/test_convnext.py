@@ -255,8 +255,9 @@ def test_paper_branch_of_the_adapter(paper_root, monkeypatch):
 
     root, _, models = paper_root
     real = cp.load_convnext_paper
-    monkeypatch.setattr(cp, "load_convnext_paper", lambda tasks, num_classes=None: real(
-        [t for t in tasks if t in models], {t: n for t, n in num_classes.items() if t in models}, root=root))
+    monkeypatch.setattr(cp, "load_convnext_paper", lambda tasks, num_classes=None, cache=None: real(
+        [t for t in tasks if t in models], {t: n for t, n in num_classes.items() if t in models}, root=root,
+        cache=cache))
     n_cls = {"eurosat": 10, "dtd": 47}
 
     def fake_task(task, split, *, data_root=None):
@@ -282,3 +283,49 @@ def test_paper_branch_of_the_adapter(paper_root, monkeypatch):
         torch.testing.assert_close(out, models["dtd"](pixel_values=px).logits)
     li = ops.linear_inputs(None, x)
     assert li and all(k.endswith(("pwconv1.weight", "pwconv2.weight")) for k in li)
+
+
+def test_paper_loader_with_a_cache_streams_converted_checkpoints(paper_root, tmp_path, monkeypatch):
+    """With a cache each fine-tune is converted once: its state a LazyState equal to the in-RAM load, its head too;
+    a second load reads no fine-tuned checkpoint, the class-count check still runs on a converted head, and a
+    changed checkpoint is converted again. ``pretrained`` is the encoder's own tensors (no second copy)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from benchmark.lazy_state import LazyState
+
+    root, _, _ = paper_root
+    tasks, ncls = ["eurosat", "dtd"], {"eurosat": 10, "dtd": 47}
+    ram = cp.load_convnext_paper(tasks, ncls, root=root)
+    reads: list[str] = []
+    real = cp._read
+    monkeypatch.setattr(cp, "_read", lambda d: (reads.append(Path(d).name), real(d))[1])
+    cache = Cache(tmp_path / "cache")
+    out = cp.load_convnext_paper(tasks, ncls, root=root, cache=cache)
+    ft_dir = {t: Path(cp.FINETUNED.format(task=t)).name for t in tasks}
+    assert sorted(reads) == sorted(["convnext-base-224", *ft_dir.values()])
+    for t in tasks:
+        assert isinstance(out.finetuned[t], LazyState) and list(out.finetuned[t]) == list(ram.finetuned[t])
+        assert all(torch.equal(out.finetuned[t][k], ram.finetuned[t][k]) for k in ram.finetuned[t])
+        assert all(torch.equal(a, b) for a, b in zip(out.heads[t], ram.heads[t]))
+    enc = dict(out.encoder.named_parameters())
+    assert all(out.pretrained[k].data_ptr() == enc[k].data_ptr() for k in out.pretrained)
+
+    reads.clear()
+    cp.load_convnext_paper(tasks, ncls, root=root, cache=cache)
+    assert reads == ["convnext-base-224"]  # the pretrained checkpoint loads the encoder; no fine-tune is read
+    with pytest.raises(UserError, match="47 classes"):
+        cp.load_convnext_paper(["dtd"], {"dtd": 45}, root=root, cache=cache)
+
+    root2 = tmp_path / "root"
+    shutil.copytree(root, root2)
+    f = root2 / cp.FINETUNED.format(task="eurosat") / "model.safetensors"
+    changed = {k: v + 1.0 for k, v in load_file(str(f)).items()}
+    save_file(changed, str(f))
+    reads.clear()
+    third = cp.load_convnext_paper(tasks, ncls, root=root2, cache=cache)
+    assert sorted(reads) == sorted(["convnext-base-224", ft_dir["eurosat"]])
+    k = next(iter(third.pretrained))
+    assert torch.equal(third.finetuned["eurosat"][k], changed[k])
+    assert torch.equal(third.finetuned["dtd"][k], ram.finetuned["dtd"][k])

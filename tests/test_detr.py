@@ -236,3 +236,33 @@ def test_early_routing_is_a_user_error_on_detr(bb, batch):
     x, _ = batch
     with pytest.raises(UserError, match="route_depth 1: this backbone's ModelOps has no early_features"):
         routing_features(bb.ops(), None, x, 1)
+
+
+def test_paper_loader_with_a_cache_streams_converted_checkpoints(tmp_path, monkeypatch):
+    """With a cache each domain's fine-tune is converted once: its state a LazyState equal to the in-RAM load, its
+    class head too; a second load opens no fine-tuned model and still checks the class count; ``pretrained`` is
+    the detector's own tensors (no second copy)."""
+    from backbones import _detr_paper
+    from benchmark.lazy_state import LazyState
+
+    domains, classes = ["microscopic", "aerial"], {"microscopic": ["a", "b"], "aerial": ["c", "d"]}
+    _write_checkpoints(tmp_path / "m", domains)
+    ram = _detr_paper.load_detr_paper(domains, classes, root=tmp_path / "m")
+    opened: list[str] = []
+    real = _detr_paper._load_model
+    monkeypatch.setattr(_detr_paper, "_load_model", lambda d: (opened.append(d.name), real(d))[1])
+    cache = Cache(tmp_path / "cache")
+    out = _detr_paper.load_detr_paper(domains, classes, root=tmp_path / "m", cache=cache)
+    assert sorted(opened) == sorted(["detr-resnet-50", *domains])
+    for t in domains:
+        assert isinstance(out.finetuned[t], LazyState) and list(out.finetuned[t]) == list(ram.finetuned[t])
+        assert all(torch.equal(out.finetuned[t][k], ram.finetuned[t][k]) for k in ram.finetuned[t])
+        assert all(torch.equal(a, b) for a, b in zip(out.heads[t], ram.heads[t]))
+    own = dict(out.detector.named_parameters())
+    assert all(out.pretrained[k].data_ptr() == own[k].data_ptr() for k in out.pretrained)
+    opened.clear()
+    _detr_paper.load_detr_paper(domains, classes, root=tmp_path / "m", cache=cache)
+    assert opened == ["detr-resnet-50"]
+    with pytest.raises(UserError, match="classes"):
+        _detr_paper.load_detr_paper(["microscopic"], {"microscopic": ["a", "b", "c"]}, root=tmp_path / "m",
+                                    cache=cache)

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from backbones import mamba as mb
+from backbones import _text_paper
 from benchmark.cache import Cache, sha256_file
+from benchmark.lazy_state import LazyState
 from tasks import glue7 as g7
 from test_roberta import (WORDS, check_cache_reused, check_ops, check_pretraining_deterministic, check_registered,
                           check_run, check_states, make, word_tokenizer)
@@ -120,15 +122,23 @@ def mamba_dirs(tmp_path_factory):
     return root, ckpts
 
 
-def test_paper_loader_reproduces_the_fine_tuned_models(mamba_dirs, monkeypatch):
+def test_paper_loader_reproduces_the_fine_tuned_models(mamba_dirs, monkeypatch, tmp_path):
     from safetensors.torch import load_file
     from transformers import MambaModel
 
     root, ckpts = mamba_dirs
     monkeypatch.setenv("MERGE_BENCH_MODELS", str(root))
     monkeypatch.setenv("MERGE_BENCH_MAMBA_GLUE", str(ckpts))
-    b = make("mamba_130m", Cache("/nonexistent"), profile="paper")
+    b = make("mamba_130m", Cache(tmp_path / "cache"), profile="paper")
     b.prepare()
+    # each fine-tune converted once into the cache and streamed from there; a second load converts nothing
+    assert all(isinstance(b.finetuned_state(t), LazyState) for t in b.tasks)
+    converted: list[str] = []
+    real_body = _text_paper._body_state
+    monkeypatch.setattr(_text_paper, "_body_state",
+                        lambda e, m, where: (converted.append(where), real_body(e, m, where))[1])
+    make("mamba_130m", Cache(tmp_path / "cache"), profile="paper").prepare()
+    assert converted == []
     pre = b.pretrained_state()
     assert all(k.startswith("backbone.") for k in pre) and not any("lm_head" in k for k in pre)
     assert b.pad_id == 1 and b.tokenizer.padding_side == "right"

@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from backbones import _text
+from backbones import _text_paper
 from benchmark.cache import Cache, sha256_file
+from benchmark.lazy_state import LazyState
 from benchmark.registry import BACKBONES, SUITES
 from tasks import glue7 as g7
 
@@ -197,12 +199,20 @@ def roberta_root(tmp_path_factory):
     return root
 
 
-def test_paper_loader_reproduces_the_fine_tuned_classifiers(roberta_root, monkeypatch):
+def test_paper_loader_reproduces_the_fine_tuned_classifiers(roberta_root, monkeypatch, tmp_path):
     from transformers import RobertaForSequenceClassification
 
     monkeypatch.setenv("MERGE_BENCH_MODELS", str(roberta_root))
-    b = make("roberta_base", Cache("/nonexistent"), profile="paper")
+    b = make("roberta_base", Cache(tmp_path / "cache"), profile="paper")
     b.prepare()
+    # each fine-tune converted once into the cache and streamed from there; a second load converts nothing
+    assert all(isinstance(b.finetuned_state(t), LazyState) for t in b.tasks)
+    converted: list[str] = []
+    real_body = _text_paper._body_state
+    monkeypatch.setattr(_text_paper, "_body_state",
+                        lambda e, m, where: (converted.append(where), real_body(e, m, where))[1])
+    make("roberta_base", Cache(tmp_path / "cache"), profile="paper").prepare()
+    assert converted == []
     pre = b.pretrained_state()
     assert all(k.startswith("roberta.") for k in pre) and not any("pooler" in k or "lm_head" in k for k in pre)
     assert set(b.finetuned_state("rte")) == set(pre)
