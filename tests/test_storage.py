@@ -1,7 +1,9 @@
 """The artifact container: measured sizes add up, values come back bit-exactly, damage is reported clearly."""
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,3 +90,36 @@ def test_page_out_hands_pages_back_and_loses_nothing(tmp_path):
     anon = vals.clone()
     assert page_out(anon) and torch.equal(anon, vals)  # an anonymous one stays (no swap) or is swapped back in
     assert not page_out(torch.zeros(0))
+
+
+def _resident_kib(path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (``/proc/self/smaps``)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=1)[0]
+            if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux /proc")
+def test_page_out_empties_the_resident_pages_of_a_file_view(tmp_path):
+    """What EMR's evaluation relies on: a mapped file view's pages leave RSS after ``page_out`` (its smaps ``Rss``
+    goes to 0) and come back, unchanged, when read."""
+    import numpy as np
+
+    from benchmark.storage import page_out
+    vals = torch.arange(256 * 1024, dtype=torch.float32)  # 1 MiB, 256 pages
+    f = tmp_path / "x.bin"
+    with open(f, "wb") as fh:  # written back before it is mapped: the kernel does not reclaim dirty file pages
+        fh.write(vals.numpy().tobytes())
+        fh.flush()
+        os.fsync(fh.fileno())
+    view = torch.from_numpy(np.memmap(f, dtype=np.float32, mode="c"))
+    assert torch.equal(view, vals) and _resident_kib(f) == 1024
+    assert page_out(view)
+    assert _resident_kib(f) == 0
+    assert torch.equal(view, vals) and _resident_kib(f) == 1024
