@@ -14,19 +14,26 @@ tiny (default) and micro
     task        classes  what decides the class (everything else is a seeded nuisance)
     ==========  =======  ================================================================================
     digits      10       a real handwritten digit (scikit-learn's ``load_digits``), light on dark (MNIST)
-    housenum    10       the centre digit among cropped distractor digits on a cluttered colour background
-                         (SVHN)
+    housenum    10       the centre digit among cropped distractor digits on a lit wall (SVHN)
     signs       12       sign shape (6) x rim colour (red/blue), white face with a random pictogram (GTSRB)
     textures    8        texture family: stripes, checks, dots, grid, zigzag, blotches, rings, crosshatch
                          at random scale, angle and colours (DTD)
     landcover   8        aerial land-cover layout: forest, water, crop rows, residential, highway, river,
                          industrial, pasture (EuroSAT / RESISC45)
     glyphs      16       one of 16 fixed random 5x5 glyphs (drawn once from the seed), randomly coloured,
-                         scaled, rotated (fine-grained, many classes: Stanford Cars)
-    gratings    8        orientation of a sinusoidal grating in 22.5 degree steps, random frequency,
-                         phase, colours and contrast
+                         scaled, rotated, on a street scene (fine-grained, many classes: Stanford Cars)
+    gratings    8        orientation of a grey sinusoidal grating in 22.5 degree steps, random frequency,
+                         phase, contrast and window
     count       6        how many (1-6) objects of random shape and colour lie on the background (CLEVR count)
     ==========  =======  ================================================================================
+
+    Each task also has its data set's *look* (issue 13: a real suite's data sets differ in colour statistics,
+    background, scale and layout, so their inputs identify their task): housenum's warm walls lit from above
+    (SVHN), glyphs on a sky-over-road street scene (Stanford Cars), achromatic gratings on mid-grey, count's
+    shaded objects on a grey floor (CLEVR), textures' close-up contrast and vignette (DTD), land cover's aerial
+    haze, muted colour and sensor grain (EuroSAT). On the tiny ViT-B/32's pretrained features a 10-NN over 100
+    exemplars per task tells the task of a test input 98.95% of the time (every task >= 96.4%), against 68.5%
+    without the looks.
 
     The digit tasks draw their source digits from disjoint pools of the 1797 scikit-learn digits per split
     (train / val / test), so no test digit is ever seen in training. Every split is generated from its own seeded
@@ -127,21 +134,24 @@ def gen_digits(g: torch.Generator, n: int, s: int, split: str, seed: int) -> tup
 
 
 def gen_housenum(g: torch.Generator, n: int, s: int, split: str, seed: int) -> tuple[Tensor, Tensor]:
+    """SVHN's look: house numbers on warm walls (hue 0.02-0.12) lit from above, cropped neighbour digits either side."""
     y = dr.balanced_labels(g, n, 10)
     pool = _digit_pool(seed, split)
-    # digit colour: hue anywhere, but luminance clearly away from the background's
-    bg_c, fg = dr.contrasting(g, n, 0.3)
-    bg = (dr.flat(bg_c, s) * (0.75 + 0.5 * dr.smooth_noise(g, n, s, 4))).clamp(0, 1)
+    bg_c = dr.hsv(dr.uniform(g, n, 0.02, 0.12), dr.uniform(g, n, 0.35, 0.8), dr.uniform(g, n, 0.35, 0.85))
+    lum = dr.luma(bg_c)
+    fg = torch.where((lum > 0.5)[:, None], bg_c * 0.25, (bg_c + 0.6).clamp(0, 1))
+    yy, xx = dr.grid(s)
+    light = (0.8 + 0.35 * (-yy)).clamp(0.4, 1.2)
+    bg = (dr.flat(bg_c, s) * light[:, None] * (0.8 + 0.4 * dr.smooth_noise(g, n, s, 4))).clamp(0, 1)
     scale = dr.uniform(g, n, 0.7, 0.9)
     img = bg
-    for side in (-1.0, 1.0):  # cropped distractor digits left and right, same colour (as house numbers are)
+    for side in (-1.0, 1.0):
         d_lab = torch.randint(10, (n,), generator=g)
         d_src = _draw_digits(g, pool, d_lab)
         keep = dr.uniform(g, n) < 0.6
         dm = dr.warp(d_src, s, scale, dr.uniform(g, n, -0.15, 0.15), side * dr.uniform(g, n, 0.75, 0.9), dr.uniform(g, n, -0.1, 0.1))
         img = dr.paint(img, dm * dr.column(keep.float()), fg)
-    m = dr.warp(src := _draw_digits(g, pool, y), s, scale, dr.uniform(g, n, -0.15, 0.15), dr.uniform(g, n, -0.06, 0.06), dr.uniform(g, n, -0.08, 0.08))
-    del src
+    m = dr.warp(_draw_digits(g, pool, y), s, scale, dr.uniform(g, n, -0.15, 0.15), dr.uniform(g, n, -0.06, 0.06), dr.uniform(g, n, -0.08, 0.08))
     img = dr.paint(img, m, fg)
     return dr.finish(img, g, 0.05), y
 
@@ -242,7 +252,14 @@ def gen_textures(g: torch.Generator, n: int, s: int, split: str, seed: int) -> t
     c1, c2 = dr.contrasting(g, n, 0.25)
     img = dr.paint(dr.flat(c1, s), m, c2)
     img = img * (0.8 + 0.2 * dr.smooth_noise(g, n, s, 3, channels=1))
-    return dr.finish(img, g, 0.04), y
+    # DTD's look, close-up photographs of materials: a close-up's contrast and an off-centre light's vignette, on
+    # the quantized image (the calibration probe's order: issue 13)
+    img = dr.finish(img, g, 0.04).float() / 255
+    mean = img.mean((1, 2, 3), keepdim=True)
+    img = (mean + 1.4 * (img - mean)).clamp(0, 1)
+    lx, ly = dr.column(dr.uniform(g, n, -0.6, 0.6)), dr.column(dr.uniform(g, n, -0.6, 0.6))
+    vig = (1.15 - 0.45 * ((xx - lx) ** 2 + (yy - ly) ** 2)).clamp(0.35, 1.15)
+    return dr.finish(img * vig[:, None], g, 0.0), y
 
 
 _LAND = ["forest", "sea or lake", "annual crop", "residential", "highway", "river", "industrial", "pasture"]
@@ -310,7 +327,15 @@ def gen_landcover(g: torch.Generator, n: int, s: int, split: str, seed: int) -> 
             out = dr.flat(palette((0.45, 0.62, 0.3), m), s) * (0.9 + 0.2 * dr.smooth_noise(g, m, s, 2)[:, :1])
         img[sel] = out
     img = img * dr.column(dr.uniform(g, n, 0.75, 1.2))[:, None]
-    return dr.finish(img, g, 0.04), y
+    # EuroSAT's look, Sentinel-2 at 10 m: muted colour under an aerial haze (a light blue-grey veil that lifts the
+    # blacks and lowers the contrast) and a fine sensor grain, on the quantized image (the probe's order: issue 13)
+    img = dr.finish(img, g, 0.04).float() / 255
+    grey = img.mean(1, keepdim=True)
+    img = grey + 0.6 * (img - grey)
+    veil = dr.jitter_colour(g, torch.tensor([0.62, 0.68, 0.78]).expand(n, 3), 0.04)
+    a = dr.column(dr.uniform(g, n, 0.25, 0.4))[:, None]
+    img = (1 - a) * img + a * veil[:, :, None, None]
+    return dr.finish(img + 0.03 * torch.randn(n, 1, s, s, generator=g), g, 0.0), y
 
 
 def _glyph_bank(seed: int, n_cls: int = 16, side: int = 5, min_dist: int = 6) -> Tensor:
@@ -328,44 +353,51 @@ def _glyph_bank(seed: int, n_cls: int = 16, side: int = 5, min_dist: int = 6) ->
 
 
 def gen_glyphs(g: torch.Generator, n: int, s: int, split: str, seed: int) -> tuple[Tensor, Tensor]:
+    """Stanford Cars' look: the glyph (the car) on a two-tone street scene, a light cool sky over a dark grey road."""
     bank = _glyph_bank(seed)
     y = dr.balanced_labels(g, n, len(bank))
     src = F.pad(bank[y][:, None], (1, 1, 1, 1))
-    m = dr.warp(src, s, dr.uniform(g, n, 0.6, 0.95), dr.uniform(g, n, -0.25, 0.25), dr.uniform(g, n, -0.15, 0.15), dr.uniform(g, n, -0.15, 0.15))
-    bg_c, fg_c = dr.contrasting(g, n, 0.3)
-    bg = dr.flat(bg_c, s) * (0.8 + 0.4 * dr.smooth_noise(g, n, s, 3, channels=1))
-    return dr.finish(dr.paint(bg, m.clamp(0, 1), fg_c), g, 0.05), y
+    m = dr.warp(src, s, dr.uniform(g, n, 0.5, 0.8), dr.uniform(g, n, -0.25, 0.25), dr.uniform(g, n, -0.15, 0.15), dr.uniform(g, n, -0.1, 0.2))
+    yy, xx = dr.grid(s)
+    horizon = dr.column(dr.uniform(g, n, -0.2, 0.2))
+    sky = dr.hsv(dr.uniform(g, n, 0.52, 0.62), dr.uniform(g, n, 0.1, 0.4), dr.uniform(g, n, 0.75, 1.0))
+    road = dr.hsv(dr.uniform(g, n, 0.0, 1.0), dr.uniform(g, n, 0.0, 0.1), dr.uniform(g, n, 0.2, 0.45))
+    up = torch.sigmoid((horizon - yy) * s / 3)
+    bg = dr.paint(dr.flat(road, s), up, sky)
+    fg = dr.hsv(dr.uniform(g, n), dr.uniform(g, n, 0.7, 1.0), dr.uniform(g, n, 0.5, 1.0))
+    return dr.finish(dr.paint(bg, m.clamp(0, 1), fg), g, 0.04), y
 
 
 _N_ORIENT = 8
 
 
 def gen_gratings(g: torch.Generator, n: int, s: int, split: str, seed: int) -> tuple[Tensor, Tensor]:
+    """An achromatic Gabor patch on a mid-grey surround, as psychophysics gratings are; the orientation is the class."""
     y = dr.balanced_labels(g, n, _N_ORIENT)
     yy, xx = dr.grid(s)
     ang = dr.column(y.float() * math.pi / _N_ORIENT + dr.uniform(g, n, -0.06, 0.06))
     u, _ = dr.rotate(xx, yy, ang)
-    freq = dr.column(dr.uniform(g, n, 1.5, 4.0))  # cycles per half image
-    wave = 0.5 + 0.5 * torch.sin(math.pi * freq * u + dr.column(dr.uniform(g, n, 0, 2 * math.pi)))
+    freq = dr.column(dr.uniform(g, n, 1.5, 4.0))
+    wave = torch.sin(math.pi * freq * u + dr.column(dr.uniform(g, n, 0, 2 * math.pi)))
     contrast = dr.column(dr.uniform(g, n, 0.35, 1.0))
-    m = 0.5 + (wave - 0.5) * contrast
-    c1, c2 = dr.contrasting(g, n, 0.25)
-    img = dr.paint(dr.flat(c1, s), m, c2)
-    # a soft window of random size and position so the grating does not always fill the frame
-    wx, wy, wr = dr.column(dr.uniform(g, n, -0.3, 0.3)), dr.column(dr.uniform(g, n, -0.3, 0.3)), dr.column(dr.uniform(g, n, 0.6, 1.4))
-    win = torch.sigmoid((wr - torch.sqrt((xx - wx) ** 2 + (yy - wy) ** 2)) * 6)
-    img = dr.paint(dr.flat(dr.rand_colour(g, n), s), win, img)
-    return dr.finish(img, g, 0.06), y
+    wx, wy, wr = dr.column(dr.uniform(g, n, -0.25, 0.25)), dr.column(dr.uniform(g, n, -0.25, 0.25)), dr.column(dr.uniform(g, n, 0.5, 0.9))
+    env = torch.exp(-((xx - wx) ** 2 + (yy - wy) ** 2) / (2 * (wr / 2) ** 2))
+    grey = dr.column(dr.uniform(g, n, 0.4, 0.6))
+    lum = (grey + 0.5 * contrast * wave * env).clamp(0, 1)
+    img = lum[:, None].expand(-1, 3, -1, -1).clone()
+    return dr.finish(img, g, 0.04), y
 
 
 _COUNT_NAMES = ["one", "two", "three", "four", "five", "six"]
 
 
 def gen_count(g: torch.Generator, n: int, s: int, split: str, seed: int) -> tuple[Tensor, Tensor]:
+    """CLEVR's look: shaded objects (lit from the top left) on a neutral grey floor lighter towards the camera."""
     y = dr.balanced_labels(g, n, len(_COUNT_NAMES))
     yy, xx = dr.grid(s)
-    img = dr.flat(dr.rand_colour(g, n, s=(0.0, 0.5), v=(0.3, 0.9)), s) * (0.85 + 0.3 * dr.smooth_noise(g, n, s, 3, channels=1))
-    # objects sit in distinct cells of a jittered 3x3 grid, so they never overlap
+    grey = dr.column(dr.uniform(g, n, 0.35, 0.55))
+    floor = (grey * (1.0 + 0.25 * yy)).clamp(0, 1)  # lighter towards the camera (bottom)
+    img = floor[:, None].expand(-1, 3, -1, -1).clone()
     order = torch.argsort(torch.rand(n, 9, generator=g), dim=1)
     kinds = ["circle", "square", "triangle", "diamond"]
     for j in range(len(_COUNT_NAMES)):
@@ -381,8 +413,11 @@ def gen_count(g: torch.Generator, n: int, s: int, split: str, seed: int) -> tupl
             sel = kind == k
             if sel.any():
                 mask[sel] = dr.soft(dr.shape_sdf(name, xx - cx[sel], yy - cy[sel], r[sel], ang[sel]), s)
-        img = dr.paint(img, mask * dr.column(present), dr.rand_colour(g, n, s=(0.5, 1.0), v=(0.5, 1.0)))
-    return dr.finish(img, g, 0.04), y
+        colour = dr.rand_colour(g, n, s=(0.5, 1.0), v=(0.5, 1.0))
+        shade = (1.15 - 0.6 * ((xx - cx) + (yy - cy)) / (2 * r)).clamp(0.5, 1.3)  # lit from the top left
+        obj = (colour[:, :, None, None] * shade[:, None]).clamp(0, 1)
+        img = dr.paint(img, mask * dr.column(present), obj)
+    return dr.finish(img, g, 0.03), y
 
 
 GENERATORS: dict[str, tuple[Gen, list[str]]] = {
