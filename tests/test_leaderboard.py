@@ -565,9 +565,9 @@ def test_the_suite_cards_section_shows_every_target_and_marks_the_missed(tmp_pat
     for name, value, bound, met in check(card):
         assert f"| {name} | {value:.2f}{'' if met else ' ✗'} | ≥ {bound:g} |" in section
     assert "| per task | " + " | ".join(f"{v:.1f}" for v in card["identifiability"]["per_task"].values()) in section
-    # the B/32 card misses identifiability >= 95 and meets Individual - Pretrained >= 25: both forms appear
-    assert "identifiability, overall | 68.50 ✗ | ≥ 95 |" in section
-    assert "Individual - Pretrained | 32.70 | ≥ 25 |" in section
+    # the B/32 card misses the pooled entropy premise >= 0.6 and meets Individual - Pretrained >= 25: both forms
+    assert "Spearman(entropy, loss), pooled | 0.55 ✗ | ≥ 0.6 |" in section
+    assert "Individual - Pretrained | 31.88 | ≥ 25 |" in section
     (cards / "b.json").write_text("{}")
     with pytest.raises(UserError, match="b.json' is not a card"):
         lb.write_leaderboard(res, tmp_path / "lb2.md", cards)
