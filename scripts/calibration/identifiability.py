@@ -1,23 +1,11 @@
 """Calibration probe (issue 13): KNN task identifiability of the tiny pretrained model of an image backbone on a
 variant of vision8, in a scratch cache. Usage: python scripts/calibration/identifiability.py VARIANT.py|base [BACKBONE]; VARIANT.py defines apply(vision8_module), which may replace entries of GENERATORS"""
-import importlib.util, os, sys, tempfile, time, json
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from probe_setup import scratch_backbone  # first: it sets HF_HUB_OFFLINE
+import os, time, json
 import torch
 from safetensors.torch import load_file
-variant = sys.argv[1]
-bbname = sys.argv[2] if len(sys.argv) > 2 else "clip_vit_b32"
-import tasks.vision8 as v8
-if variant != "base":
-    spec = importlib.util.spec_from_file_location("variant", variant)
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-    mod.apply(v8)
-from benchmark.cache import Cache
-from benchmark.registry import BACKBONES, SUITES
 from benchmark.suite_card import knn_task_accuracy, EXEMPLARS, CARD_SALT
-torch.set_num_threads(int(os.environ.get("THREADS", "2")))
-cache = Cache(tempfile.mkdtemp(prefix="calib_"))
-suite = SUITES.get("vision8").obj(profile="tiny", seed=0, cache=cache, progress=False)
-bb = BACKBONES.get(bbname).obj(profile="tiny", suite=suite, seed=0, cache=cache, progress=False)
+bb, suite, variant, bbname = scratch_backbone("calib_")
 t0 = time.time()
 bb.check_suite(); suite.prepare()
 bb.load_pretrained(load_file(str(bb.stage_file("pretrain"))))
